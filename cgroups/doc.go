@@ -1,0 +1,23 @@
+// Package cgroups gives every pod a cgroup: the "process group" of the Pod
+// concept, through which the kernel accounts (and later limits) everything the
+// pod runs.
+//
+// The pod cgroup is the kubelet's cgroup_parent (for example
+// /kubepods/burstable/pod<uid>), or <defaultParent>/<sandboxID> when none is
+// given. Beneath it the pause process gets a child cgroup named after the
+// sandbox, the way containerd places its sandbox container; containers get
+// siblings named after their ids. Paths are cgroupfs paths (the cgroupfs
+// driver), relative to the root of each hierarchy.
+//
+// Both layouts are handled: cgroup v1, including the hybrid layout where a
+// cgroup2 hierarchy without controllers is mounted at /sys/fs/cgroup/unified
+// beside the v1 controllers (the pod exists in every mounted hierarchy), and
+// the unified cgroup v2 layout, where controllers are delegated down to the
+// pod. Directory creation per controller relies on
+// github.com/opencontainers/cgroups.
+//
+// A PodCgroup is a plain value that the sandbox store persists as JSON; all
+// its methods work from that value alone, after a daemon restart too. The
+// kubelet owns the cgroups it creates: peapod removes a pod cgroup only when
+// it created it, and always removes the pause cgroup.
+package cgroups

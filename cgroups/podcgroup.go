@@ -1,0 +1,247 @@
+package cgroups
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/cgroups/fs"
+	"golang.org/x/sys/unix"
+)
+
+// Mode is the cgroup layout of the host.
+type Mode string
+
+const (
+	// ModeV1 is cgroup v1, legacy or hybrid (v1 controllers plus a cgroup2
+	// hierarchy without controllers at /sys/fs/cgroup/unified).
+	ModeV1 Mode = "v1"
+	// ModeV2 is the unified cgroup v2 hierarchy at /sys/fs/cgroup.
+	ModeV2 Mode = "v2"
+)
+
+// DetectMode reports the cgroup layout of this host.
+func DetectMode() Mode {
+	if cgroups.IsCgroup2UnifiedMode() {
+		return ModeV2
+	}
+	return ModeV1
+}
+
+// ErrInvalidParent marks a cgroup_parent that peapod refuses to use; the CRI
+// layer maps it to InvalidArgument.
+var ErrInvalidParent = errors.New("invalid cgroup parent")
+
+// PodCgroup is a pod's cgroup and the pause cgroup beneath it. The sandbox
+// store persists it as JSON.
+type PodCgroup struct {
+	// Mode is the layout the cgroups were created in.
+	Mode Mode `json:"mode"`
+	// PodPath is the pod cgroup, e.g. /kubepods/burstable/pod<uid>.
+	PodPath string `json:"podPath"`
+	// CreatedPod is true when peapod created PodPath (or owns it because it
+	// lies under the default parent) and must remove it.
+	CreatedPod bool `json:"createdPod"`
+	// PausePath is the pause's cgroup, <PodPath>/<sandboxID>.
+	PausePath string `json:"pausePath"`
+}
+
+// Where the hierarchies live. Tests repoint them to run the v2 code on this
+// package's v1-hybrid development host (see podcgroup_v2_test.go).
+var (
+	unifiedMountpoint = "/sys/fs/cgroup"
+	hostMode          = DetectMode
+)
+
+// CreatePodCgroup creates the pod cgroup (unless it exists) and the pause
+// cgroup beneath it, in every hierarchy. An empty cgroupParent (or "/", what
+// a kubelet with --cgroups-per-qos=false sends) selects
+// <defaultParent>/<sandboxID>, which peapod owns. A cgroupParent that is not
+// an absolute, clean cgroupfs path yields an error wrapping
+// ErrInvalidParent. On error nothing that this call created is left behind.
+func CreatePodCgroup(cgroupParent, defaultParent, sandboxID string) (PodCgroup, error) {
+	if err := checkSandboxID(sandboxID); err != nil {
+		return PodCgroup{}, err
+	}
+	var p PodCgroup
+	var shared string // an ancestor that other pods share, never rolled back
+	if cgroupParent == "" || cgroupParent == "/" {
+		if err := checkPath(defaultParent); err != nil || defaultParent == "/" {
+			return PodCgroup{}, fmt.Errorf("default cgroup parent %q: must be an absolute, clean path below /", defaultParent)
+		}
+		p.PodPath = filepath.Join(defaultParent, sandboxID)
+		p.CreatedPod = true
+		shared = defaultParent
+	} else {
+		if err := checkParent(cgroupParent); err != nil {
+			return PodCgroup{}, err
+		}
+		p.PodPath = cgroupParent
+	}
+	p.PausePath = filepath.Join(p.PodPath, sandboxID)
+	p.Mode = hostMode()
+
+	roots, err := hierarchyRoots(p.Mode)
+	if err != nil {
+		return PodCgroup{}, err
+	}
+	podExisted := false
+	var created []string // deepest first, per hierarchy
+	for _, root := range roots {
+		if exists(filepath.Join(root, p.PodPath)) {
+			podExisted = true
+		}
+		created = append(created, missingDirs(root, p.PausePath, shared)...)
+	}
+	if !podExisted {
+		p.CreatedPod = true
+	}
+
+	switch p.Mode {
+	case ModeV2:
+		err = createUnified(roots[""], p.PodPath, p.PausePath)
+	default:
+		err = createV1(roots, p.PodPath, p.PausePath)
+	}
+	if err != nil {
+		for _, dir := range created {
+			_ = unix.Rmdir(dir)
+		}
+		return PodCgroup{}, fmt.Errorf("create pod cgroup %s: %w", p.PausePath, err)
+	}
+	return p, nil
+}
+
+// createV1 lets the library's v1 manager make the directories: some
+// controllers must be prepared before a task can join (cpuset copies cpus
+// and mems from the parent). Pid -1 creates without joining.
+func createV1(roots map[string]string, podPath, pausePath string) error {
+	for _, cgPath := range []string{podPath, pausePath} {
+		cg := &cgroups.Cgroup{Path: cgPath, Resources: &cgroups.Resources{}}
+		m, err := fs.NewManager(cg, joinAll(roots, cgPath))
+		if err != nil {
+			return err
+		}
+		if err := m.Apply(-1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddPause moves pid into the pause cgroup in every hierarchy. On v2 a pause
+// started with PauseCgroupFD is already there.
+func (p PodCgroup) AddPause(pid int) error {
+	if err := p.check(); err != nil {
+		return err
+	}
+	roots, err := hierarchyRoots(p.Mode)
+	if err != nil {
+		return err
+	}
+	for key, root := range roots {
+		dir := filepath.Join(root, p.PausePath)
+		if optionalHierarchy(p.Mode, key) && !exists(dir) {
+			continue
+		}
+		if err := cgroups.WriteCgroupProc(dir, pid); err != nil {
+			return fmt.Errorf("move pause %d into %s: %w", pid, dir, err)
+		}
+	}
+	return nil
+}
+
+// PauseCgroupFD opens the pause cgroup for clone3's CLONE_INTO_CGROUP
+// (syscall.SysProcAttr.UseCgroupFD), so the pause is born in its cgroup.
+// That only covers the unified hierarchy of a v2 host: on v1 it returns
+// -1, nil and the caller uses AddPause. The caller closes the fd.
+func (p PodCgroup) PauseCgroupFD() (int, error) {
+	if p.Mode != ModeV2 {
+		return -1, nil
+	}
+	if err := p.check(); err != nil {
+		return -1, err
+	}
+	dir := filepath.Join(unifiedMountpoint, p.PausePath)
+	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	return fd, nil
+}
+
+// Remove kills whatever still runs in the pause cgroup, waits (bounded)
+// until it is empty and removes it, then removes the pod cgroup if peapod
+// created it. A pod cgroup that still has children (containers' cgroups not
+// yet removed) is left in place without error; calling Remove again once
+// they are gone finishes the job. Missing directories are fine, so Remove
+// can be repeated any number of times.
+func (p PodCgroup) Remove() error {
+	if p.PodPath == "" && p.PausePath == "" {
+		return nil
+	}
+	if err := p.check(); err != nil {
+		return err
+	}
+	roots, err := hierarchyRoots(p.Mode)
+	if err != nil {
+		return err
+	}
+	if err := killCgroup(p.Mode, roots, p.PausePath, killBound); err != nil {
+		return err
+	}
+	var errs []error
+	for _, root := range roots {
+		if err := cgroups.RemovePath(filepath.Join(root, p.PausePath)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 || !p.CreatedPod {
+		return errors.Join(errs...)
+	}
+	for _, root := range roots {
+		dir := filepath.Join(root, p.PodPath)
+		switch err := unix.Rmdir(dir); err {
+		case nil, unix.ENOENT:
+		case unix.EBUSY, unix.ENOTEMPTY:
+			// Still in use: containers' cgroups, removed by their owner.
+		default:
+			errs = append(errs, &os.PathError{Op: "rmdir", Path: dir, Err: err})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Exists reports whether the pod cgroup still exists in every hierarchy.
+// A pod cgroup removed behind peapod's back (by the kubelet, or an
+// administrator) reports false.
+func (p PodCgroup) Exists() bool {
+	if p.check() != nil {
+		return false
+	}
+	roots, err := hierarchyRoots(p.Mode)
+	if err != nil || len(roots) == 0 {
+		return false
+	}
+	for _, root := range roots {
+		if !exists(filepath.Join(root, p.PodPath)) {
+			return false
+		}
+	}
+	return true
+}
+
+// check guards methods against a damaged record: above all, never kill the
+// processes of the root cgroup or of a cgroup outside the pod.
+func (p PodCgroup) check() error {
+	if p.Mode != ModeV1 && p.Mode != ModeV2 {
+		return fmt.Errorf("pod cgroup %s: unknown cgroup mode %q", p.PodPath, p.Mode)
+	}
+	if checkPath(p.PodPath) != nil || checkPath(p.PausePath) != nil ||
+		p.PodPath == "/" || filepath.Dir(p.PausePath) != p.PodPath {
+		return fmt.Errorf("pod cgroup record damaged: pod %q, pause %q", p.PodPath, p.PausePath)
+	}
+	return nil
+}

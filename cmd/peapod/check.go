@@ -1,0 +1,55 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+
+	"peapod/cgroups"
+	"peapod/netns"
+	"peapod/pause/embedded"
+)
+
+// check prints one line per problem that would stop pods from running here,
+// each with what to do, and fails if there is any.
+func check(args []string) error {
+	cfg, err := parseConfig("peapod check", args)
+	if err != nil {
+		return err
+	}
+	var problems []string
+	if os.Geteuid() != 0 {
+		problems = append(problems, "not running as root: run `sudo peapod check` (rootless mode is not built yet)")
+	}
+	for _, ns := range []string{"net", "ipc", "uts", "pid", "mnt"} {
+		if _, err := os.Stat("/proc/self/ns/" + ns); err != nil {
+			problems = append(problems, fmt.Sprintf("kernel lacks %s namespaces: enable CONFIG_%s_NS", ns, map[string]string{"net": "NET", "ipc": "IPC", "uts": "UTS", "pid": "PID", "mnt": "MNT"}[ns]))
+		}
+	}
+	if len(embedded.Binary) == 0 {
+		problems = append(problems, "this peapod was built without the pause binary: rebuild with `make build`")
+	}
+	problems = append(problems, cgroups.Check()...)
+	network, err := newNetwork(cfg)
+	if err != nil {
+		problems = append(problems, "network config: "+err.Error())
+	} else if err := network.Ready(); err != nil {
+		problems = append(problems, "pod network: "+err.Error())
+	}
+	for _, tool := range []string{"iptables"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			problems = append(problems, fmt.Sprintf("%s not found: the bridge and portmap CNI plugins need it (apt-get install iptables)", tool))
+		}
+	}
+	if os.Geteuid() == 0 {
+		problems = append(problems, netns.CheckShapingSupport()...)
+	}
+	if len(problems) == 0 {
+		fmt.Println("ok: this host can run peapod pods")
+		return nil
+	}
+	for _, p := range problems {
+		fmt.Println("problem:", p)
+	}
+	return fmt.Errorf("%d problem(s) found", len(problems))
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// config is the daemon's configuration: defaults, then the TOML file, then
+// flags. Every path is configurable so instances can run side by side.
+type config struct {
+	Socket              string    `toml:"socket"`
+	Root                string    `toml:"root"`
+	State               string    `toml:"state"`
+	LogLevel            string    `toml:"log_level"`
+	CgroupDriver        string    `toml:"cgroup_driver"`
+	DefaultCgroupParent string    `toml:"default_cgroup_parent"`
+	CNI                 cniConfig `toml:"cni"`
+}
+
+type cniConfig struct {
+	ConfDir     string   `toml:"conf_dir"`
+	BinDirs     []string `toml:"bin_dirs"`
+	NetworkName string   `toml:"network_name"`
+	Bridge      string   `toml:"bridge"`
+	Subnet      string   `toml:"subnet"`
+	Timeout     duration `toml:"timeout"`
+}
+
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+const (
+	defaultSocket = "/run/peapod/peapod.sock"
+	defaultRoot   = "/var/lib/peapod"
+	defaultState  = "/run/peapod"
+)
+
+func defaultConfig() config {
+	return config{
+		Socket:       defaultSocket,
+		Root:         defaultRoot,
+		State:        defaultState,
+		LogLevel:     "info",
+		CgroupDriver: "cgroupfs",
+		CNI: cniConfig{
+			ConfDir:     "/etc/cni/net.d",
+			BinDirs:     defaultCNIBinDirs(),
+			NetworkName: "peapod",
+			Bridge:      "peapod0",
+			Subnet:      "10.88.0.0/16",
+			Timeout:     duration{60 * time.Second},
+		},
+	}
+}
+
+// defaultCNIBinDirs searches the plugins built next to the binary first
+// (bin/cni beside bin/peapod), then the usual install locations.
+func defaultCNIBinDirs() []string {
+	dirs := []string{}
+	if exe, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Join(filepath.Dir(exe), "cni"))
+	}
+	return append(dirs, "/opt/cni/bin", "/usr/libexec/cni", "/usr/lib/cni")
+}
+
+func loadConfigFile(path string, c *config) error {
+	md, err := toml.DecodeFile(path, c)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if undec := md.Undecoded(); len(undec) > 0 {
+		var keys []string
+		for _, k := range undec {
+			keys = append(keys, k.String())
+		}
+		return fmt.Errorf("config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// instanceTag is a short, stable name for this instance, derived from its
+// root dir: it marks host-wide objects (IFB devices, cgroups) as ours.
+func (c *config) instanceTag() string {
+	abs, _ := filepath.Abs(c.Root)
+	sum := sha256.Sum256([]byte(abs))
+	return hex.EncodeToString(sum[:])[:4]
+}
+
+func (c *config) cgroupParent() string {
+	if c.DefaultCgroupParent != "" {
+		return c.DefaultCgroupParent
+	}
+	if filepath.Clean(c.Root) == defaultRoot {
+		return "/peapod"
+	}
+	return "/peapod-" + c.instanceTag()
+}
+
+func (c *config) validate() error {
+	for name, p := range map[string]string{"socket": c.Socket, "root": c.Root, "state": c.State} {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("%s %q must be an absolute path", name, p)
+		}
+	}
+	if c.CgroupDriver != "cgroupfs" {
+		return fmt.Errorf("cgroup driver %q is not supported yet; use cgroupfs", c.CgroupDriver)
+	}
+	if c.CNI.Timeout.Duration <= 0 {
+		return fmt.Errorf("cni.timeout must be positive")
+	}
+	return nil
+}

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"peapod/cri"
+	"peapod/netns"
+	"peapod/pause/embedded"
+	"peapod/sandbox"
+)
+
+// listFlag collects a search list given as repeated flags or ':'/','-separated.
+type listFlag struct {
+	vals *[]string
+	set  bool
+}
+
+func (l *listFlag) String() string {
+	if l.vals == nil {
+		return ""
+	}
+	return strings.Join(*l.vals, ":")
+}
+
+func (l *listFlag) Set(v string) error {
+	if !l.set {
+		*l.vals = nil
+		l.set = true
+	}
+	for _, p := range strings.FieldsFunc(v, func(r rune) bool { return r == ':' || r == ',' }) {
+		*l.vals = append(*l.vals, p)
+	}
+	return nil
+}
+
+// parseConfig reads defaults, then --config, then the other flags.
+func parseConfig(name string, args []string) (*config, error) {
+	cfg := defaultConfig()
+	// The config file goes first so that flags override it.
+	for i, a := range args {
+		var path string
+		if a == "--config" || a == "-config" {
+			if i+1 < len(args) {
+				path = args[i+1]
+			}
+		} else if v, ok := strings.CutPrefix(a, "--config="); ok {
+			path = v
+		} else if v, ok := strings.CutPrefix(a, "-config="); ok {
+			path = v
+		}
+		if path != "" {
+			if err := loadConfigFile(path, &cfg); err != nil {
+				return nil, err
+			}
+		}
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.String("config", "", "TOML config file (flags override it)")
+	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "CRI unix socket")
+	fs.StringVar(&cfg.Root, "root", cfg.Root, "persistent state directory")
+	fs.StringVar(&cfg.State, "state", cfg.State, "runtime state directory (pins, pod files)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&cfg.CgroupDriver, "cgroup-driver", cfg.CgroupDriver, "cgroup driver (cgroupfs)")
+	fs.StringVar(&cfg.DefaultCgroupParent, "cgroup-parent", cfg.DefaultCgroupParent, "cgroup for pods that name none (default /peapod, or /peapod-<tag> for a non-default --root)")
+	fs.StringVar(&cfg.CNI.ConfDir, "cni-conf-dir", cfg.CNI.ConfDir, "CNI network configs; the embedded default network is used when it holds none")
+	fs.Var(&listFlag{vals: &cfg.CNI.BinDirs}, "cni-bin-dir", "CNI plugin search list, ':'-separated or repeated")
+	fs.StringVar(&cfg.CNI.NetworkName, "network-name", cfg.CNI.NetworkName, "name of the embedded default network")
+	fs.StringVar(&cfg.CNI.Bridge, "bridge", cfg.CNI.Bridge, "bridge of the embedded default network")
+	fs.StringVar(&cfg.CNI.Subnet, "pod-subnet", cfg.CNI.Subnet, "pod subnet of the embedded default network")
+	fs.DurationVar(&cfg.CNI.Timeout.Duration, "cni-timeout", cfg.CNI.Timeout.Duration, "bound on one CNI ADD or DEL")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// installPause writes the embedded pause binary under the state dir, named
+// by its content hash so an upgrade never runs a stale one.
+func installPause(stateDir string) (string, error) {
+	if len(embedded.Binary) == 0 {
+		return "", fmt.Errorf("this peapod was built without its pause binary; build with `make build`")
+	}
+	sum := sha256.Sum256(embedded.Binary)
+	dir := filepath.Join(stateDir, "bin")
+	path := filepath.Join(dir, "pause-"+hex.EncodeToString(sum[:])[:12])
+	if st, err := os.Stat(path); err == nil && st.Size() == int64(len(embedded.Binary)) {
+		return path, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, ".pause-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(embedded.Binary); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Chmod(0o755); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	return path, os.Rename(tmp.Name(), path)
+}
+
+func newNetwork(cfg *config) (*netns.Network, error) {
+	return netns.NewNetwork(netns.NetworkConfig{
+		ConfDir:       cfg.CNI.ConfDir,
+		BinDirs:       cfg.CNI.BinDirs,
+		CacheDir:      filepath.Join(cfg.Root, "cni", "cache"),
+		DefaultName:   cfg.CNI.NetworkName,
+		DefaultBridge: cfg.CNI.Bridge,
+		DefaultSubnet: cfg.CNI.Subnet,
+		IPAMDataDir:   filepath.Join(cfg.Root, "cni", "networks"),
+	})
+}
+
+func serve(args []string) error {
+	cfg, err := parseConfig("peapod serve", args)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("peapod serve must run as root for now (rootless mode is not built yet)")
+	}
+	pause, err := installPause(cfg.State)
+	if err != nil {
+		return fmt.Errorf("install pause: %w", err)
+	}
+	network, err := newNetwork(cfg)
+	if err != nil {
+		return err
+	}
+	if err := network.Ready(); err != nil {
+		log.Warn("pod network not ready; pods cannot start until it is", "err", err)
+	}
+	ctx := context.Background()
+	mgr, err := sandbox.New(ctx, sandbox.Config{
+		RootDir:             cfg.Root,
+		StateDir:            cfg.State,
+		InstanceTag:         cfg.instanceTag(),
+		DefaultCgroupParent: cfg.cgroupParent(),
+		PauseBinary:         pause,
+		Network:             network,
+		NetworkTimeout:      cfg.CNI.Timeout.Duration,
+		Log:                 log,
+	})
+	if err != nil {
+		return err
+	}
+	defer mgr.Close()
+	srv := cri.NewServer(mgr, network, cri.Info{
+		Version:      version,
+		CgroupDriver: cfg.CgroupDriver,
+		StatusDetails: map[string]any{
+			"root": cfg.Root, "state": cfg.State, "socket": cfg.Socket,
+			"cgroupDriver": cfg.CgroupDriver, "defaultCgroupParent": cfg.cgroupParent(),
+			"instanceTag": cfg.instanceTag(), "cniConfDir": cfg.CNI.ConfDir, "cniBinDirs": cfg.CNI.BinDirs,
+		},
+	}, log)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		s := <-sigs
+		log.Info("shutting down; pods keep running", "signal", s.String())
+		srv.Stop()
+	}()
+	log.Info("peapod serving CRI", "socket", cfg.Socket, "root", cfg.Root, "state", cfg.State, "version", version, "network", network.Describe())
+	return srv.Serve(cfg.Socket)
+}

@@ -1,0 +1,461 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+var (
+	peapodBin string
+	crictlBin string
+	cniBinDir string
+	netSeq    atomic.Int32
+)
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "integration tests need root: run `make test` as root")
+		os.Exit(1)
+	}
+	wd, _ := os.Getwd()
+	repo := filepath.Dir(wd)
+	peapodBin = envOr("PEAPOD_BIN", filepath.Join(repo, "bin", "peapod"))
+	crictlBin = envOr("PEAPOD_CRICTL", filepath.Join(repo, "bin", "tools", "crictl"))
+	cniBinDir = filepath.Join(filepath.Dir(peapodBin), "cni")
+	for _, p := range []string{peapodBin, filepath.Join(cniBinDir, "bridge")} {
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(os.Stderr, "%s missing: run `make build` first\n", p)
+			os.Exit(1)
+		}
+	}
+	os.Exit(m.Run())
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// daemon is one private peapod instance.
+type daemon struct {
+	t       testing.TB
+	Socket  string
+	Root    string
+	State   string
+	ConfDir string
+	BinDirs string
+	Bridge  string
+	Subnet  string
+	Extra   []string
+	cmd     *exec.Cmd
+	logPath string
+	conn    *grpc.ClientConn
+	RT      runtime.RuntimeServiceClient
+}
+
+type daemonOpt func(*daemon)
+
+func withConfDir(dir string) daemonOpt  { return func(d *daemon) { d.ConfDir = dir } }
+func withBinDirs(dirs string) daemonOpt { return func(d *daemon) { d.BinDirs = dirs } }
+func withArgs(a ...string) daemonOpt    { return func(d *daemon) { d.Extra = append(d.Extra, a...) } }
+
+// startDaemon starts a private instance with its own bridge (ppt<N>) and
+// subnet (10.99.<N>.0/24) and stops it, and everything it made, at cleanup.
+func startDaemon(t testing.TB, opts ...daemonOpt) *daemon {
+	t.Helper()
+	n := int(netSeq.Add(1)) + (os.Getpid() % 50 * 4)
+	base, err := os.MkdirTemp("", "peapod-it-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{
+		t:       t,
+		Socket:  filepath.Join(base, "peapod.sock"),
+		Root:    filepath.Join(base, "root"),
+		State:   filepath.Join(base, "state"),
+		ConfDir: filepath.Join(base, "net.d"),
+		BinDirs: cniBinDir,
+		Bridge:  fmt.Sprintf("ppt%d", n%250),
+		Subnet:  fmt.Sprintf("10.99.%d.0/24", n%250),
+		logPath: filepath.Join(base, "daemon.log"),
+	}
+	for _, o := range opts {
+		o(d)
+	}
+	_ = os.MkdirAll(d.ConfDir, 0o755)
+	d.start()
+	t.Cleanup(func() {
+		d.cleanupPods()
+		d.stop()
+		_ = exec.Command("ip", "link", "del", d.Bridge).Run()
+		if t.Failed() {
+			b, _ := os.ReadFile(d.logPath)
+			t.Logf("daemon log:\n%s", tail(string(b), 60))
+		}
+		_ = os.RemoveAll(base)
+	})
+	return d
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (d *daemon) args() []string {
+	a := []string{"serve",
+		"--socket", d.Socket, "--root", d.Root, "--state", d.State,
+		"--cni-conf-dir", d.ConfDir, "--cni-bin-dir", d.BinDirs,
+		"--bridge", d.Bridge, "--pod-subnet", d.Subnet, "--network-name", d.Bridge,
+		"--log-level", "debug",
+	}
+	return append(a, d.Extra...)
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.cmd = exec.Command(peapodBin, d.args()...)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	logf.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.Dial("unix", d.Socket)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(d.logPath)
+			d.t.Fatalf("daemon did not listen on %s: %s", d.Socket, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+d.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.conn = conn
+	d.RT = runtime.NewRuntimeServiceClient(conn)
+}
+
+// kill9 kills the daemon the hard way; its pods keep running.
+func (d *daemon) kill9() {
+	if d.conn != nil {
+		d.conn.Close()
+		d.conn = nil
+	}
+	if d.cmd != nil && d.cmd.Process != nil {
+		_ = d.cmd.Process.Signal(syscall.SIGKILL)
+		_ = d.cmd.Wait()
+		d.cmd = nil
+	}
+}
+
+func (d *daemon) restart() {
+	d.kill9()
+	d.start()
+}
+
+func (d *daemon) stop() {
+	if d.conn != nil {
+		d.conn.Close()
+		d.conn = nil
+	}
+	if d.cmd != nil && d.cmd.Process != nil {
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = d.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-done
+		}
+		d.cmd = nil
+	}
+}
+
+// cleanupPods removes whatever pods a failed test left, so one failure does
+// not leak into the next test.
+func (d *daemon) cleanupPods() {
+	if d.RT == nil || d.conn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := d.RT.ListPodSandbox(ctx, &runtime.ListPodSandboxRequest{})
+	if err != nil {
+		return
+	}
+	for _, p := range resp.Items {
+		_, _ = d.RT.RemovePodSandbox(ctx, &runtime.RemovePodSandboxRequest{PodSandboxId: p.Id})
+	}
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// podConfig is a minimal valid sandbox config with a unique uid.
+func podConfig(name string) *runtime.PodSandboxConfig {
+	return &runtime.PodSandboxConfig{
+		Metadata: &runtime.PodSandboxMetadata{Name: name, Namespace: "it", Uid: randHex(8)},
+		Hostname: name,
+		Labels:   map[string]string{"app": name},
+		Linux:    &runtime.LinuxPodSandboxConfig{},
+	}
+}
+
+func (d *daemon) runPod(t testing.TB, cfg *runtime.PodSandboxConfig) string {
+	t.Helper()
+	resp, err := d.RT.RunPodSandbox(ctxT(t), &runtime.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	return resp.PodSandboxId
+}
+
+func (d *daemon) status(t testing.TB, id string) (*runtime.PodSandboxStatus, verbose) {
+	t.Helper()
+	resp, err := d.RT.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
+	if err != nil {
+		t.Fatalf("PodSandboxStatus %s: %v", id, err)
+	}
+	var v verbose
+	if err := json.Unmarshal([]byte(resp.Info["info"]), &v); err != nil {
+		t.Fatalf("verbose info is not JSON: %v: %q", err, resp.Info["info"])
+	}
+	return resp.Status, v
+}
+
+func (d *daemon) stopRemove(t testing.TB, id string) {
+	t.Helper()
+	if _, err := d.RT.StopPodSandbox(ctxT(t), &runtime.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Fatalf("StopPodSandbox %s: %v", id, err)
+	}
+	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtime.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Fatalf("RemovePodSandbox %s: %v", id, err)
+	}
+}
+
+// verbose is the part of the verbose status info the tests read.
+type verbose struct {
+	PID        int               `json:"pid"`
+	Namespaces map[string]string `json:"namespaces"`
+	RuntimeDir string            `json:"runtimeDir"`
+	Cgroup     *struct {
+		PodPath   string `json:"PodPath"`
+		PausePath string `json:"PausePath"`
+	} `json:"cgroup"`
+	Network *struct {
+		IPs       []string        `json:"ips"`
+		CNIResult json.RawMessage `json:"cniResult"`
+	} `json:"network"`
+	Bandwidth *struct {
+		HostVeth string `json:"hostVeth"`
+		IFB      string `json:"ifb"`
+	} `json:"bandwidth"`
+}
+
+// run runs a command and returns its combined output, failing the test on error.
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// hostSnapshot is every kernel object a pod could leak, as sorted lines.
+type hostSnapshot map[string][]string
+
+// snapshot records links, qdiscs, mounts, cgroups, processes and iptables
+// rules that belong to this instance (or could, for links and qdiscs).
+func (d *daemon) snapshot(t testing.TB) hostSnapshot {
+	t.Helper()
+	s := hostSnapshot{}
+	// Links and qdiscs, host-wide: pods leak veths and IFBs here. The
+	// instance's bridge is created on first use and kept, so it is skipped.
+	for _, l := range strings.Split(run(t, "ip", "-o", "link", "show"), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		name := strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]
+		if name == d.Bridge || !isPodLink(name) {
+			continue
+		}
+		s["link"] = append(s["link"], name)
+	}
+	for _, l := range strings.Split(run(t, "tc", "qdisc", "show"), "\n") {
+		if strings.Contains(l, "dev "+d.Bridge+" ") {
+			continue
+		}
+		if strings.Contains(l, "dev veth") || strings.Contains(l, "dev pp") {
+			s["qdisc"] = append(s["qdisc"], l)
+		}
+	}
+	// Mounts under the instance's dirs: pins and shm.
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mi), "\n") {
+		if strings.Contains(l, d.State) || strings.Contains(l, d.Root) {
+			f := strings.Fields(l)
+			s["mount"] = append(s["mount"], f[4])
+		}
+	}
+	// Cgroup dirs under the instance's default parent, in every hierarchy.
+	tag := d.cgroupParent(t)
+	_ = filepath.Walk("/sys/fs/cgroup", func(p string, info os.FileInfo, err error) error {
+		if err != nil || !info.IsDir() {
+			return nil
+		}
+		if strings.Contains(p, tag+"/") {
+			s["cgroup"] = append(s["cgroup"], p)
+		}
+		return nil
+	})
+	// Pause processes started from this instance's state dir.
+	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, p := range procs {
+		exe, err := os.Readlink(p)
+		if err == nil && strings.HasPrefix(exe, d.State) {
+			s["process"] = append(s["process"], exe)
+		}
+	}
+	// NAT rules the CNI plugins made (masquerade, hostPorts), by network name.
+	if out, err := exec.Command("iptables-save", "-t", "nat").CombinedOutput(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, "CNI-") && (strings.HasPrefix(l, "-A") || strings.HasPrefix(l, ":")) && strings.Contains(l, d.Bridge) {
+				s["iptables"] = append(s["iptables"], l)
+			}
+		}
+	}
+	// host-local allocations.
+	ips, _ := filepath.Glob(filepath.Join(d.Root, "cni", "networks", "*", "*.*.*.*"))
+	s["ipam"] = ips
+	for _, v := range s {
+		sort.Strings(v)
+	}
+	return s
+}
+
+func isPodLink(name string) bool {
+	return strings.HasPrefix(name, "veth") || strings.HasPrefix(name, "pp")
+}
+
+// cgroupParent reads the instance's default cgroup parent from Status.
+func (d *daemon) cgroupParent(t testing.TB) string {
+	resp, err := d.RT.Status(ctxT(t), &runtime.StatusRequest{Verbose: true})
+	if err != nil {
+		t.Fatalf("Status: %v", err)
+	}
+	var cfg struct {
+		DefaultCgroupParent string `json:"defaultCgroupParent"`
+	}
+	_ = json.Unmarshal([]byte(resp.Info["config"]), &cfg)
+	if cfg.DefaultCgroupParent == "" {
+		t.Fatalf("Status verbose info lacks defaultCgroupParent: %v", resp.Info)
+	}
+	return cfg.DefaultCgroupParent
+}
+
+// assertNoLeaks compares two snapshots.
+func assertNoLeaks(t testing.TB, before, after hostSnapshot) {
+	t.Helper()
+	for _, kind := range []string{"link", "qdisc", "mount", "cgroup", "process", "iptables", "ipam"} {
+		b, a := before[kind], after[kind]
+		extra := diff(a, b)
+		if len(extra) > 0 {
+			t.Errorf("leaked %s: %v", kind, extra)
+		}
+	}
+}
+
+func diff(a, b []string) []string {
+	seen := map[string]int{}
+	for _, x := range b {
+		seen[x]++
+	}
+	var out []string
+	for _, x := range a {
+		if seen[x] > 0 {
+			seen[x]--
+			continue
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
+// sandboxDirs lists the sandboxes' record dirs in the root.
+func (d *daemon) sandboxDirs(t testing.TB) []string {
+	entries, _ := os.ReadDir(filepath.Join(d.Root, "sandboxes"))
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	entries, _ = os.ReadDir(filepath.Join(d.State, "sandboxes"))
+	for _, e := range entries {
+		out = append(out, "state:"+e.Name())
+	}
+	return out
+}
+
+// nsenter runs a command inside the pod's network namespace.
+func nsenterNet(pin string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + pin, "--"}, args...)...)
+}
+
+func readLines(path string) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		out = append(out, sc.Text())
+	}
+	return out
+}

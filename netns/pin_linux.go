@@ -1,0 +1,171 @@
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kind is one kind of Linux namespace, named as in /proc/<pid>/ns.
+type Kind string
+
+const (
+	Net  Kind = "net"
+	IPC  Kind = "ipc"
+	UTS  Kind = "uts"
+	PID  Kind = "pid"
+	User Kind = "user"
+)
+
+// PinnedNamespaces maps each pinned namespace kind to the file it is
+// bind-mounted on. The files stay valid after the pause process is gone.
+type PinnedNamespaces map[Kind]string
+
+// Pin bind-mounts /proc/<pid>/ns/<kind> for every kind onto dir/<kind>. It
+// must be called right after the process started, while its pid cannot have
+// been reused (the caller is its parent and has not reaped it). On error the
+// pins made so far are removed.
+func Pin(pid int, kinds []Kind, dir string) (pins PinnedNamespaces, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pin namespaces of pid %d: %w", pid, err)
+	}
+	pins = PinnedNamespaces{}
+	defer func() {
+		if err != nil {
+			_ = Unpin(dir)
+			pins = nil
+		}
+	}()
+	for _, k := range kinds {
+		target := filepath.Join(dir, string(k))
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY|os.O_EXCL, 0o400)
+		if err != nil {
+			return nil, fmt.Errorf("pin %s namespace: create %s: %w", k, target, err)
+		}
+		f.Close()
+		src := "/proc/" + strconv.Itoa(pid) + "/ns/" + string(k)
+		if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+			_ = os.Remove(target)
+			return nil, fmt.Errorf("pin %s namespace: bind %s on %s: %w", k, src, target, err)
+		}
+		pins[k] = target
+	}
+	return pins, nil
+}
+
+// Unpin unmounts and removes every pin file under dir, then dir itself. It
+// is idempotent: a missing dir or an already unmounted file is not an error.
+func Unpin(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("unpin namespaces in %s: %w", dir, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if err := unmountAll(p); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove pin %s: %w", p, err))
+		}
+	}
+	if len(errs) == 0 {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unmountAll lazily unmounts path until nothing is mounted on it (a pin can
+// be stacked if an earlier daemon died between two steps).
+func unmountAll(path string) error {
+	for i := 0; i < 8; i++ {
+		err := unix.Unmount(path, unix.MNT_DETACH)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("unmount pin %s: %w", path, err)
+	}
+	return nil
+}
+
+// IsPinned reports whether path is an nsfs bind mount (a live pin).
+func IsPinned(path string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false
+	}
+	return st.Type == unix.NSFS_MAGIC
+}
+
+// Inode returns the namespace inode of a pin or /proc ns file, to compare a
+// process's namespace with a pinned one without trusting its pid.
+func Inode(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// setnsFlag maps a Kind to its CLONE_NEW* flag.
+func setnsFlag(k Kind) int {
+	switch k {
+	case Net:
+		return unix.CLONE_NEWNET
+	case IPC:
+		return unix.CLONE_NEWIPC
+	case UTS:
+		return unix.CLONE_NEWUTS
+	case PID:
+		return unix.CLONE_NEWPID
+	case User:
+		return unix.CLONE_NEWUSER
+	}
+	return 0
+}
+
+// Do runs fn on a fresh OS thread that has joined the namespaces in paths.
+// The thread is never returned to the Go scheduler: it exits with the
+// goroutine, so no other goroutine can ever run inside the pod's namespaces
+// by accident. Only thread-scoped kinds (net, ipc, uts) are accepted.
+func Do(paths map[Kind]string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// Deliberately no UnlockOSThread: the runtime ends this thread when
+		// the goroutine returns.
+		lockOSThread()
+		for k, p := range paths {
+			if k != Net && k != IPC && k != UTS {
+				errc <- fmt.Errorf("enter %s namespace %s: only net, ipc and uts can be entered by a thread", k, p)
+				return
+			}
+			fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				errc <- fmt.Errorf("enter %s namespace %s: %w", k, p, err)
+				return
+			}
+			err = unix.Setns(fd, setnsFlag(k))
+			unix.Close(fd)
+			if err != nil {
+				errc <- fmt.Errorf("enter %s namespace %s: %w", k, p, err)
+				return
+			}
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}

@@ -1,0 +1,5 @@
+package netns
+
+import "runtime"
+
+func lockOSThread() { runtime.LockOSThread() }

@@ -1,0 +1,306 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"peapod/cgroups"
+	"peapod/netns"
+)
+
+// Run creates a pod sandbox and returns its id. A second Run with the same
+// (namespace, name, uid, attempt) while the first is in flight waits for it
+// and returns the same id; after it finished, it returns that id at once.
+// Creation carries on if ctx is cancelled (a kubelet that timed out retries
+// and adopts the result); it is bounded by the network timeout instead.
+func (m *Manager) Run(ctx context.Context, spec Spec) (string, error) {
+	key := spec.key()
+	m.mu.Lock()
+	if e, ok := m.byKey[key]; ok && !e.removed {
+		m.mu.Unlock()
+		select {
+		case <-e.created:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		m.mu.Lock()
+		id := e.rec.ID
+		m.mu.Unlock()
+		return id, e.err
+	}
+	id := newID()
+	rec := &Sandbox{
+		ID:        id,
+		Spec:      spec,
+		State:     StateCreating,
+		CreatedAt: time.Now(),
+		Dir:       m.runtimeDir(id),
+	}
+	first := *rec
+	e := &entry{rec: &first, created: make(chan struct{})}
+	m.sandboxes[id] = e
+	m.byKey[key] = e
+	e.op.Lock()
+	m.mu.Unlock()
+	defer e.op.Unlock()
+
+	err := m.create(context.WithoutCancel(ctx), e, rec)
+	if err != nil {
+		m.log.Warn("run pod sandbox failed; rolled back", "sandbox", id, "pod", spec.Namespace+"/"+spec.Name, "err", err)
+		e.err = err
+	}
+	close(e.created)
+	return id, err
+}
+
+// create performs the steps of RunPodSandbox in order. Any failure undoes
+// everything through the same teardown that Stop and Remove use.
+func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error) {
+	defer func() {
+		if err == nil {
+			return
+		}
+		if terr := m.teardown(ctx, e, rec); terr != nil || rec.NetworkDetachPending {
+			// The undo itself failed: keep the sandbox, NotReady, so that a
+			// Stop or Remove (or the retry loop) finishes the job.
+			rec.State = StateNotReady
+			rec.Reason = fmt.Sprintf("creation failed (%v); cleanup incomplete (%v)", err, terr)
+			_ = m.persist(e, rec)
+			return
+		}
+		m.forget(e, rec)
+	}()
+
+	if err := m.store.save(rec); err != nil {
+		return err
+	}
+
+	// Pod cgroup.
+	cg, err := cgroups.CreatePodCgroup(rec.Spec.CgroupParent, m.cfg.DefaultCgroupParent, rec.ID)
+	if err != nil {
+		if errors.Is(err, cgroups.ErrInvalidParent) {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		return fmt.Errorf("pod cgroup: %w", err)
+	}
+	rec.Cgroup = &cg
+	if err := m.persist(e, rec); err != nil {
+		return err
+	}
+
+	// Pause with the pod's namespaces, pinned at once.
+	if err := m.startPodPause(e, rec); err != nil {
+		return err
+	}
+
+	// Network and shaping.
+	if rec.Spec.NetworkMode != ModeNode {
+		if err := m.attachNetwork(ctx, e, rec); err != nil {
+			return err
+		}
+	}
+
+	if err := configurePodNamespaces(rec.Namespaces, hostnameFor(rec), rec.Spec.Sysctls); err != nil {
+		return err
+	}
+	if err := writePodFiles(rec.Dir, hostnameFor(rec), rec.IP(), rec.Spec.DNS); err != nil {
+		return err
+	}
+	if err := mountShm(rec.Dir); err != nil {
+		return err
+	}
+
+	rec.State = StateReady
+	if err := m.persist(e, rec); err != nil {
+		return err
+	}
+	p := *rec.Pause
+	if err := watchPause(&p, func() { m.onPauseExit(rec.ID, p) }); err != nil {
+		m.log.Warn("cannot watch pause process", "sandbox", rec.ID, "err", err)
+	}
+	return nil
+}
+
+// hostnameFor is the pod's hostname: the requested one, or the node's for
+// host-network pods (they share the node's UTS namespace).
+func hostnameFor(rec *Sandbox) string {
+	if rec.Spec.NetworkMode == ModeNode {
+		h, _ := os.Hostname()
+		return h
+	}
+	if rec.Spec.Hostname != "" {
+		return rec.Spec.Hostname
+	}
+	return rec.Spec.Name
+}
+
+// podNamespaceKinds says which namespaces the pause creates and pins.
+func podNamespaceKinds(spec *Spec) (kinds []netns.Kind, flags uintptr) {
+	if spec.NetworkMode != ModeNode {
+		// A pod with its own network also has its own hostname.
+		kinds = append(kinds, netns.Net, netns.UTS)
+		flags |= syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS
+	}
+	if spec.IPCMode != ModeNode {
+		kinds = append(kinds, netns.IPC)
+		flags |= syscall.CLONE_NEWIPC
+	}
+	if spec.PIDMode == ModePod {
+		kinds = append(kinds, netns.PID)
+		flags |= syscall.CLONE_NEWPID
+	}
+	return kinds, flags
+}
+
+func (m *Manager) startPodPause(e *entry, rec *Sandbox) error {
+	if err := os.MkdirAll(rec.Dir, 0o711); err != nil {
+		return fmt.Errorf("sandbox dir: %w", err)
+	}
+	kinds, flags := podNamespaceKinds(&rec.Spec)
+	cgfd, err := rec.Cgroup.PauseCgroupFD()
+	if err != nil {
+		return fmt.Errorf("pod cgroup: %w", err)
+	}
+	if cgfd >= 0 {
+		defer syscall.Close(cgfd)
+	}
+	// The pause blocks on this pipe until its record is on disk: if the
+	// daemon dies before that, the pause sees EOF and exits, so no
+	// unrecorded pause can outlive us.
+	release, err := newReleasePipe()
+	if err != nil {
+		return err
+	}
+	defer release.abort()
+	cmd, pause, err := startPauseWithPipe(m.cfg.PauseBinary, flags, cgfd, release)
+	if err != nil {
+		return err
+	}
+	go func() { _ = cmd.Wait() }() // reap; exits are seen through the pidfd watch
+	rec.Pause = pause
+	if cgfd < 0 {
+		if err := rec.Cgroup.AddPause(pause.PID); err != nil {
+			return fmt.Errorf("move pause into pod cgroup: %w", err)
+		}
+	}
+	pins, err := netns.Pin(pause.PID, kinds, filepath.Join(rec.Dir, nsDir))
+	if err != nil {
+		return err
+	}
+	rec.Namespaces = pins
+	if err := m.persist(e, rec); err != nil {
+		return err
+	}
+	return release.release()
+}
+
+// releasePipe hands the pause its go-ahead.
+type releasePipe struct{ r, w *os.File }
+
+func newReleasePipe() (*releasePipe, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("pause pipe: %w", err)
+	}
+	return &releasePipe{r: r, w: w}, nil
+}
+
+func (p *releasePipe) release() error {
+	_, err := p.w.Write([]byte{1})
+	p.abort()
+	if err != nil {
+		return fmt.Errorf("release pause: %w", err)
+	}
+	return nil
+}
+
+func (p *releasePipe) abort() {
+	if p.r != nil {
+		p.r.Close()
+		p.r = nil
+	}
+	if p.w != nil {
+		p.w.Close()
+		p.w = nil
+	}
+}
+
+func startPauseWithPipe(binary string, flags uintptr, cgfd int, rp *releasePipe) (*exec.Cmd, *PauseProcess, error) {
+	cmd, pause, err := startPauseCmd(binary, flags, cgfd, rp.r)
+	// The child holds its own copy of the read end.
+	rp.r.Close()
+	rp.r = nil
+	return cmd, pause, err
+}
+
+func (m *Manager) attachNetwork(ctx context.Context, e *entry, rec *Sandbox) error {
+	netnsPath := rec.Namespaces[netns.Net]
+	cgPath := ""
+	if rec.Cgroup != nil {
+		cgPath = rec.Cgroup.PodPath
+	}
+	att, err := m.cfg.Network.Prepare(netns.AttachRequest{
+		SandboxID:    rec.ID,
+		NetnsPath:    netnsPath,
+		PodName:      rec.Spec.Name,
+		PodNamespace: rec.Spec.Namespace,
+		PodUID:       rec.Spec.UID,
+		PortMappings: rec.Spec.PortMappings,
+		CgroupPath:   cgPath,
+		Annotations:  rec.Spec.Annotations,
+	})
+	if err != nil {
+		return fmt.Errorf("pod network: %w", err)
+	}
+	rec.Network = att // intent first: a crash now still leads to a DEL
+	if err := m.persist(e, rec); err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, m.cfg.NetworkTimeout)
+	defer cancel()
+	if err := m.cfg.Network.Attach(actx, att, rec.ID, netnsPath); err != nil {
+		return err
+	}
+	if err := m.persist(e, rec); err != nil {
+		return err
+	}
+	if !rec.Spec.Bandwidth.Shaped() {
+		return nil
+	}
+	hostVeth, err := netns.HostVethOf(netnsPath, att.IfName)
+	if err != nil {
+		return fmt.Errorf("bandwidth shaping needs the pod's veth: %w", err)
+	}
+	ifb := netns.IFBName(m.cfg.InstanceTag, rec.ID)
+	st, err := netns.ApplyShaping(hostVeth, ifb, m.ifbAlias(rec.ID), rec.Spec.Bandwidth)
+	if err != nil {
+		return fmt.Errorf("bandwidth shaping: %w", err)
+	}
+	rec.Shaping = &st
+	return m.persist(e, rec)
+}
+
+func (m *Manager) ifbAlias(id string) string {
+	return "peapod:" + m.cfg.InstanceTag + ":" + id
+}
+
+// forget drops a rolled-back sandbox entirely.
+func (m *Manager) forget(e *entry, rec *Sandbox) {
+	if err := m.store.remove(rec.ID); err != nil {
+		m.log.Error("remove sandbox record", "sandbox", rec.ID, "err", err)
+	}
+	_ = os.RemoveAll(rec.Dir)
+	m.mu.Lock()
+	e.removed = true
+	delete(m.sandboxes, rec.ID)
+	if m.byKey[rec.Spec.key()] == e {
+		delete(m.byKey, rec.Spec.key())
+	}
+	m.mu.Unlock()
+}

@@ -1,0 +1,114 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// store keeps one JSON record per sandbox under <root>/sandboxes/<id>/.
+// Writes are atomic: a reader (or a restarted daemon) sees the old or the
+// new record, never a torn one.
+type store struct {
+	dir string
+}
+
+const recordFile = "sandbox.json"
+
+func (s *store) path(id string) string { return filepath.Join(s.dir, id, recordFile) }
+
+func (s *store) save(sb *Sandbox) error {
+	b, err := json.MarshalIndent(sb, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode sandbox %s: %w", sb.ID, err)
+	}
+	if err := os.MkdirAll(filepath.Join(s.dir, sb.ID), 0o700); err != nil {
+		return fmt.Errorf("persist sandbox %s: %w", sb.ID, err)
+	}
+	return writeFileAtomic(s.path(sb.ID), b, 0o600)
+}
+
+func (s *store) remove(id string) error {
+	if err := os.RemoveAll(filepath.Join(s.dir, id)); err != nil {
+		return fmt.Errorf("remove record of sandbox %s: %w", id, err)
+	}
+	return syncDir(s.dir)
+}
+
+// loadAll returns every readable record; ids is every directory found,
+// including those without a record (a crash before the first save).
+func (s *store) loadAll() (records []*Sandbox, ids []string, err error) {
+	entries, err := os.ReadDir(s.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !validID(e.Name()) {
+			continue
+		}
+		ids = append(ids, e.Name())
+		b, err := os.ReadFile(s.path(e.Name()))
+		if err != nil {
+			continue
+		}
+		var sb Sandbox
+		if err := json.Unmarshal(b, &sb); err != nil || sb.ID != e.Name() {
+			continue
+		}
+		records = append(records, &sb)
+	}
+	return records, ids, nil
+}
+
+func validID(id string) bool {
+	if len(id) != 64 {
+		return false
+	}
+	return strings.Trim(id, "0123456789abcdef") == ""
+}
+
+// writeFileAtomic writes data to a temporary file in the same directory,
+// syncs it, renames it over path and syncs the directory.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
