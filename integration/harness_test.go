@@ -187,6 +187,14 @@ func (d *daemon) restart() {
 	d.start()
 }
 
+// restartWith applies options and restarts the daemon with them.
+func (d *daemon) restartWith(opts ...daemonOpt) {
+	for _, o := range opts {
+		o(d)
+	}
+	d.restart()
+}
+
 func (d *daemon) stop() {
 	if d.conn != nil {
 		d.conn.Close()

@@ -647,3 +647,92 @@ func TestTwoInstancesRunSideBySide(t *testing.T) {
 	d1.stopRemove(t, id1)
 	d2.stopRemove(t, id2)
 }
+
+// slowNetwork writes a conflist whose plugin is the real bridge plugin
+// behind a script that can delay or fail chosen commands; scripts are the
+// only way to make a real plugin slow or broken on demand.
+func slowNetwork(t *testing.T, d *daemon, script string) {
+	t.Helper()
+	bin := filepath.Join(d.Root, "..", "scriptbin")
+	_ = os.MkdirAll(bin, 0o755)
+	writeScript(t, filepath.Join(bin, "wrapbridge"), "#!/bin/sh\n"+script+"\nexec "+filepath.Join(cniBinDir, "bridge")+"\n")
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"wrap-%s","plugins":[{"type":"wrapbridge","bridge":"%s","isGateway":true,"ipam":{"type":"host-local","dataDir":"%s","ranges":[[{"subnet":"%s"}]]}}]}`,
+		d.Bridge, d.Bridge, filepath.Join(d.Root, "cni", "networks"), d.Subnet)
+	if err := os.WriteFile(filepath.Join(d.ConfDir, "10-wrap.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSlowTeardownDoesNotBlockOtherPods(t *testing.T) {
+	d := startDaemon(t)
+	d.restartWith(withBinDirs(filepath.Join(d.Root, "..", "scriptbin") + ":" + cniBinDir))
+	slowNetwork(t, d, `if [ "$CNI_COMMAND" = "DEL" ] && [ "$K8S_POD_NAME" = "slow" ] || echo "$CNI_ARGS" | grep -q K8S_POD_NAME=slow\;; then [ "$CNI_COMMAND" = "DEL" ] && sleep 4; fi`)
+	slow := d.runPod(t, podConfig("slow"))
+	stopped := make(chan time.Duration, 1)
+	go func() {
+		start := time.Now()
+		_, _ = d.RT.StopPodSandbox(context.Background(), &runtime.StopPodSandboxRequest{PodSandboxId: slow})
+		stopped <- time.Since(start)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	fast := d.runPod(t, podConfig("fast"))
+	st, _ := d.status(t, fast)
+	took := time.Since(start)
+	if st.State != runtime.PodSandboxState_SANDBOX_READY {
+		t.Fatalf("fast pod %v", st.State)
+	}
+	slowTook := <-stopped
+	if slowTook < 3*time.Second {
+		t.Fatalf("the slow DEL took %v: the test plugin did not slow it down", slowTook)
+	}
+	if took > 2*time.Second {
+		t.Errorf("RunPodSandbox took %v while another pod's teardown was slow (%v)", took, slowTook)
+	}
+	d.stopRemove(t, fast)
+	d.stopRemove(t, slow)
+}
+
+func TestFailedCNIDelIsRetriedAndNeverBlocksRemoval(t *testing.T) {
+	d := startDaemon(t, withArgs("--cni-del-retry-interval", "500ms"))
+	d.restartWith(withBinDirs(filepath.Join(d.Root, "..", "scriptbin") + ":" + cniBinDir))
+	marker := filepath.Join(d.Root, "..", "plugin-fixed")
+	slowNetwork(t, d, `if [ "$CNI_COMMAND" = "DEL" ] && [ ! -e `+marker+` ]; then cat >/dev/null; echo '{"cniVersion":"1.0.0","code":999,"msg":"DEL broken on purpose"}'; exit 1; fi`)
+	id := d.runPod(t, podConfig("stuck"))
+	st, _ := d.status(t, id)
+	ip := st.Network.Ip
+	if _, err := d.RT.StopPodSandbox(ctxT(t), &runtime.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Fatalf("stop with a failing DEL: %v", err)
+	}
+	_, v := d.status(t, id)
+	_ = v
+	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtime.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Fatalf("remove with a failing DEL: %v", err)
+	}
+	list, _ := d.RT.ListPodSandbox(ctxT(t), &runtime.ListPodSandboxRequest{})
+	if len(list.GetItems()) != 0 {
+		t.Fatalf("removed sandbox still listed")
+	}
+	// The IP stays allocated until the DEL gets through...
+	ipFile := filepath.Join(d.Root, "cni", "networks", "wrap-"+d.Bridge, ip)
+	if _, err := os.Stat(ipFile); err != nil {
+		t.Fatalf("allocation %s released although DEL failed: %v", ipFile, err)
+	}
+	// ...also across a restart, and then the retry loop finishes the job.
+	d.restart()
+	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err1 := os.Stat(ipFile)
+		dirs := d.sandboxDirs(t)
+		if os.IsNotExist(err1) && len(dirs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pending DEL not retried: ip file err %v, dirs %v", err1, dirs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

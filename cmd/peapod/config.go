@@ -31,6 +31,8 @@ type cniConfig struct {
 	Bridge      string   `toml:"bridge"`
 	Subnet      string   `toml:"subnet"`
 	Timeout     duration `toml:"timeout"`
+	// DelRetryInterval is how often a failed CNI DEL is tried again.
+	DelRetryInterval duration `toml:"del_retry_interval"`
 }
 
 type duration struct{ time.Duration }
@@ -64,6 +66,8 @@ func defaultConfig() config {
 			Bridge:      "peapod0",
 			Subnet:      "10.88.0.0/16",
 			Timeout:     duration{60 * time.Second},
+
+			DelRetryInterval: duration{30 * time.Second},
 		},
 	}
 }
@@ -120,8 +124,8 @@ func (c *config) validate() error {
 	if c.CgroupDriver != "cgroupfs" {
 		return fmt.Errorf("cgroup driver %q is not supported yet; use cgroupfs", c.CgroupDriver)
 	}
-	if c.CNI.Timeout.Duration <= 0 {
-		return fmt.Errorf("cni.timeout must be positive")
+	if c.CNI.Timeout.Duration <= 0 || c.CNI.DelRetryInterval.Duration <= 0 {
+		return fmt.Errorf("cni.timeout and cni.del_retry_interval must be positive")
 	}
 	return nil
 }

@@ -78,6 +78,7 @@ func parseConfig(name string, args []string) (*config, error) {
 	fs.StringVar(&cfg.CNI.Bridge, "bridge", cfg.CNI.Bridge, "bridge of the embedded default network")
 	fs.StringVar(&cfg.CNI.Subnet, "pod-subnet", cfg.CNI.Subnet, "pod subnet of the embedded default network")
 	fs.DurationVar(&cfg.CNI.Timeout.Duration, "cni-timeout", cfg.CNI.Timeout.Duration, "bound on one CNI ADD or DEL")
+	fs.DurationVar(&cfg.CNI.DelRetryInterval.Duration, "cni-del-retry-interval", cfg.CNI.DelRetryInterval.Duration, "how often a failed CNI DEL is retried")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -176,6 +177,7 @@ func serve(args []string) error {
 		PauseBinary:         pause,
 		Network:             network,
 		NetworkTimeout:      cfg.CNI.Timeout.Duration,
+		RetryInterval:       cfg.CNI.DelRetryInterval.Duration,
 		Log:                 log,
 	})
 	if err != nil {
