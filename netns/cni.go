@@ -71,30 +71,39 @@ func NewNetwork(cfg NetworkConfig) (*Network, error) {
 
 // embeddedConfList is the default network. cniVersion 1.1.0 so that CNI GC
 // can release allocations of sandboxes that no longer exist.
-func (n *Network) embeddedConfList() []byte {
+//
+// portmap is part of the network, but a pod without hostPorts is attached
+// without it: portmap has nothing to do for such a pod on ADD, yet its DEL
+// runs iptables every time, which dominated StopPodSandbox.
+func (n *Network) embeddedConfList() []byte { return n.embeddedConfListFor(true) }
+
+func (n *Network) embeddedConfListFor(withPortmap bool) []byte {
+	plugins := []any{
+		map[string]any{
+			"type":        "bridge",
+			"bridge":      n.cfg.DefaultBridge,
+			"isGateway":   true,
+			"ipMasq":      true,
+			"hairpinMode": true,
+			"ipam": map[string]any{
+				"type":    "host-local",
+				"ranges":  [][]map[string]string{{{"subnet": n.cfg.DefaultSubnet}}},
+				"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
+				"dataDir": n.cfg.IPAMDataDir,
+			},
+		},
+	}
+	if withPortmap {
+		plugins = append(plugins, map[string]any{
+			"type":         "portmap",
+			"capabilities": map[string]bool{"portMappings": true},
+			"snat":         true,
+		})
+	}
 	conf := map[string]any{
 		"cniVersion": "1.1.0",
 		"name":       n.cfg.DefaultName,
-		"plugins": []any{
-			map[string]any{
-				"type":        "bridge",
-				"bridge":      n.cfg.DefaultBridge,
-				"isGateway":   true,
-				"ipMasq":      true,
-				"hairpinMode": true,
-				"ipam": map[string]any{
-					"type":    "host-local",
-					"ranges":  [][]map[string]string{{{"subnet": n.cfg.DefaultSubnet}}},
-					"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
-					"dataDir": n.cfg.IPAMDataDir,
-				},
-			},
-			map[string]any{
-				"type":         "portmap",
-				"capabilities": map[string]bool{"portMappings": true},
-				"snat":         true,
-			},
-		},
+		"plugins":    plugins,
 	}
 	b, _ := json.Marshal(conf)
 	return b
@@ -194,7 +203,6 @@ type PortMapping struct {
 // AttachRequest is one pod to attach.
 type AttachRequest struct {
 	SandboxID    string
-	NetnsPath    string
 	PodName      string
 	PodNamespace string
 	PodUID       string
@@ -230,9 +238,13 @@ func (n *Network) Prepare(req AttachRequest) (*Attachment, error) {
 	if err != nil {
 		return nil, err
 	}
+	confList := list.Bytes
+	if embedded {
+		confList = n.embeddedConfListFor(len(req.PortMappings) > 0)
+	}
 	att := &Attachment{
 		Network:  list.Name,
-		ConfList: json.RawMessage(list.Bytes),
+		ConfList: json.RawMessage(confList),
 		IfName:   PodIfName,
 		Embedded: embedded,
 		Args: [][2]string{
@@ -278,12 +290,20 @@ func (n *Network) Attach(ctx context.Context, att *Attachment, id, netnsPath str
 	if err != nil {
 		return fmt.Errorf("CNI config of %s: %w", att.Network, err)
 	}
+	// The loopback and the pod interface are independent: attach both at
+	// once, which hides the cost of one plugin exec.
 	lo := loopbackList()
-	if _, err := n.cni.AddNetworkList(ctx, lo, att.runtimeConf(id, netnsPath, "lo")); err != nil {
-		return fmt.Errorf("CNI loopback ADD: %w", err)
+	loErr := make(chan error, 1)
+	go func() {
+		_, err := n.cni.AddNetworkList(ctx, lo, att.runtimeConf(id, netnsPath, "lo"))
+		loErr <- err
+	}()
+	res, err := n.cni.AddNetworkList(ctx, list, att.runtimeConf(id, netnsPath, att.IfName))
+	if lerr := <-loErr; lerr != nil && err == nil {
+		err = fmt.Errorf("CNI loopback ADD: %w", lerr)
+		res = nil
 	}
 	att.LoopbackUp = true
-	res, err := n.cni.AddNetworkList(ctx, list, att.runtimeConf(id, netnsPath, att.IfName))
 	if err != nil {
 		// ADD failed half-way: the spec says the runtime must DEL.
 		_ = n.cni.DelNetworkList(context.WithoutCancel(ctx), list, att.runtimeConf(id, netnsPath, att.IfName))
@@ -321,13 +341,21 @@ func (n *Network) Detach(ctx context.Context, att *Attachment, id, netnsPath str
 	if len(att.Result) > 0 {
 		n.restoreCache(list, att, id, netnsPath)
 	}
-	if err := n.cni.DelNetworkList(ctx, list, att.runtimeConf(id, netnsPath, att.IfName)); err != nil {
+	loErr := make(chan error, 1)
+	go func() {
+		if netnsPath == "" {
+			loErr <- nil
+			return
+		}
+		loErr <- n.cni.DelNetworkList(ctx, loopbackList(), att.runtimeConf(id, netnsPath, "lo"))
+	}()
+	err = n.cni.DelNetworkList(ctx, list, att.runtimeConf(id, netnsPath, att.IfName))
+	lerr := <-loErr
+	if err != nil {
 		return fmt.Errorf("CNI DEL from network %s: %w", att.Network, err)
 	}
-	if netnsPath != "" {
-		if err := n.cni.DelNetworkList(ctx, loopbackList(), att.runtimeConf(id, netnsPath, "lo")); err != nil {
-			return fmt.Errorf("CNI loopback DEL: %w", err)
-		}
+	if lerr != nil {
+		return fmt.Errorf("CNI loopback DEL: %w", lerr)
 	}
 	return nil
 }

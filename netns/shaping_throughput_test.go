@@ -400,12 +400,14 @@ func (r *rttProbes) stop() (median, maxRTT time.Duration, lost int) {
 
 // TestShapedThroughput measures real TCP flows through shaped pods: the
 // steady rate on the wire must be within 5 % of the limit and the first
-// second at most 1.5× it; an unshaped pod must not be limited. Flows of
-// different pods run side by side (they share no queue); the 10M/5M pair
-// runs 10 s, 1M and 100M 6 s, to keep the whole test near half a minute.
+// second at most 1.5× it, and a probe's RTT under load stays within what the
+// backlogs allow; an unshaped pod must not be limited. Each flow has a pod
+// of its own, and flows of different pods run side by side (they share no
+// queue and little CPU), so the shaped flows take 10 s each and the whole
+// test about 35 s.
 func TestShapedThroughput(t *testing.T) {
 	if testing.Short() {
-		t.Skip("throughput measurement takes ~30 s")
+		t.Skip("throughput measurement takes ~35 s")
 	}
 	requireRoot(t)
 	for _, tool := range []string{"iperf3", "ss"} {
@@ -424,10 +426,10 @@ func TestShapedThroughput(t *testing.T) {
 			{BandwidthLimits{IngressRateBitsPerSec: 10e6, EgressRateBitsPerSec: 5e6}, outOfPod, 10 * time.Second},
 		},
 		{
-			{BandwidthLimits{IngressRateBitsPerSec: 1e6, EgressRateBitsPerSec: 1e6}, intoPod, 6 * time.Second},
-			{BandwidthLimits{IngressRateBitsPerSec: 1e6, EgressRateBitsPerSec: 1e6}, outOfPod, 6 * time.Second},
-			{BandwidthLimits{IngressRateBitsPerSec: 100e6, EgressRateBitsPerSec: 100e6}, intoPod, 6 * time.Second},
-			{BandwidthLimits{IngressRateBitsPerSec: 100e6, EgressRateBitsPerSec: 100e6}, outOfPod, 6 * time.Second},
+			{BandwidthLimits{IngressRateBitsPerSec: 1e6, EgressRateBitsPerSec: 1e6}, intoPod, 10 * time.Second},
+			{BandwidthLimits{IngressRateBitsPerSec: 1e6, EgressRateBitsPerSec: 1e6}, outOfPod, 10 * time.Second},
+			{BandwidthLimits{IngressRateBitsPerSec: 100e6, EgressRateBitsPerSec: 100e6}, intoPod, 10 * time.Second},
+			{BandwidthLimits{IngressRateBitsPerSec: 100e6, EgressRateBitsPerSec: 100e6}, outOfPod, 10 * time.Second},
 		},
 		// Alone, so the machine's full speed is available.
 		{{BandwidthLimits{}, intoPod, 3 * time.Second}},
@@ -452,7 +454,15 @@ func TestShapedThroughput(t *testing.T) {
 					}
 					p.requireUnshaped()
 				})
-				name := fmt.Sprintf("%s/%s", mbit(float64(max(f.limits.IngressRateBitsPerSec, f.limits.EgressRateBitsPerSec))), strings.ReplaceAll(f.dir.String(), " ", "-"))
+				rate := f.limits.IngressRateBitsPerSec
+				if f.dir == outOfPod {
+					rate = f.limits.EgressRateBitsPerSec
+				}
+				name := "unshaped"
+				if rate > 0 {
+					name = fmt.Sprintf("%gM", float64(rate)/1e6)
+				}
+				name += "/" + strings.ReplaceAll(f.dir.String(), " ", "-")
 				t.Run(name, func(t *testing.T) {
 					t.Parallel()
 					r, err := measureShapedFlow(p, st, f.dir, f.d, "")
@@ -475,6 +485,13 @@ func TestShapedThroughput(t *testing.T) {
 					}
 					if r.FirstSecondBitsPerSec > 1.5*limit {
 						t.Errorf("first second %s is more than 1.5× the limit %s", mbit(r.FirstSecondBitsPerSec), mbit(limit))
+					}
+					// A probe waits at most for two full backlogs (one each
+					// way), plus scheduling noise.
+					backlogs := float64(st.IngressQueueBytes)*8/float64(st.Limits.IngressRateBitsPerSec) +
+						float64(st.EgressQueueBytes)*8/float64(st.Limits.EgressRateBitsPerSec)
+					if bound := time.Duration(backlogs*float64(time.Second)) + 10*time.Millisecond; r.RTTMedian > bound {
+						t.Errorf("median RTT under load %v is above %v", r.RTTMedian, bound)
 					}
 				})
 			}

@@ -90,8 +90,13 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 		return fmt.Errorf("pod cgroup: %w", err)
 	}
 	rec.Cgroup = &cg
-	if err := m.persist(e, rec); err != nil {
-		return err
+
+	// The attachment is recorded before the ADD (with the pause, in one
+	// write), so a daemon that dies during the ADD still runs the DEL.
+	if rec.Spec.NetworkMode != ModeNode {
+		if err := m.prepareNetwork(rec); err != nil {
+			return err
+		}
 	}
 
 	// Pause with the pod's namespaces, pinned at once.
@@ -99,7 +104,8 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 		return err
 	}
 
-	// Network and shaping.
+	// Network and shaping. Not persisted until the sandbox is ready:
+	// teardown finds the CNI result in libcni's cache and the IFB by name.
 	if rec.Spec.NetworkMode != ModeNode {
 		if err := m.attachNetwork(ctx, e, rec); err != nil {
 			return err
@@ -239,15 +245,13 @@ func startPauseWithPipe(binary string, flags uintptr, cgfd int, rp *releasePipe)
 	return cmd, pause, err
 }
 
-func (m *Manager) attachNetwork(ctx context.Context, e *entry, rec *Sandbox) error {
-	netnsPath := rec.Namespaces[netns.Net]
+func (m *Manager) prepareNetwork(rec *Sandbox) error {
 	cgPath := ""
 	if rec.Cgroup != nil {
 		cgPath = rec.Cgroup.PodPath
 	}
 	att, err := m.cfg.Network.Prepare(netns.AttachRequest{
 		SandboxID:    rec.ID,
-		NetnsPath:    netnsPath,
 		PodName:      rec.Spec.Name,
 		PodNamespace: rec.Spec.Namespace,
 		PodUID:       rec.Spec.UID,
@@ -258,16 +262,16 @@ func (m *Manager) attachNetwork(ctx context.Context, e *entry, rec *Sandbox) err
 	if err != nil {
 		return fmt.Errorf("pod network: %w", err)
 	}
-	rec.Network = att // intent first: a crash now still leads to a DEL
-	if err := m.persist(e, rec); err != nil {
-		return err
-	}
+	rec.Network = att
+	return nil
+}
+
+func (m *Manager) attachNetwork(ctx context.Context, e *entry, rec *Sandbox) error {
+	netnsPath := rec.Namespaces[netns.Net]
+	att := rec.Network
 	actx, cancel := context.WithTimeout(ctx, m.cfg.NetworkTimeout)
 	defer cancel()
 	if err := m.cfg.Network.Attach(actx, att, rec.ID, netnsPath); err != nil {
-		return err
-	}
-	if err := m.persist(e, rec); err != nil {
 		return err
 	}
 	if !rec.Spec.Bandwidth.Shaped() {
@@ -283,7 +287,7 @@ func (m *Manager) attachNetwork(ctx context.Context, e *entry, rec *Sandbox) err
 		return fmt.Errorf("bandwidth shaping: %w", err)
 	}
 	rec.Shaping = &st
-	return m.persist(e, rec)
+	return nil
 }
 
 func (m *Manager) ifbAlias(id string) string {
