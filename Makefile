@@ -16,8 +16,12 @@ build: peapod cni
 pause:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o pause/embedded/pause.bin ./pause
 
+# cgo: libcontainer's nsenter (the `peapod init` of containers) is C. Seccomp
+# filters need libseccomp (Debian: libseccomp-dev); without it peapod builds
+# and refuses containers that ask for a seccomp profile.
+PEAPOD_TAGS     := $(shell pkg-config --exists libseccomp 2>/dev/null && echo seccomp)
 peapod: pause
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN)/peapod ./cmd/peapod
+	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(PEAPOD_TAGS)" -ldflags "-X main.version=$(VERSION)" -o $(BIN)/peapod ./cmd/peapod
 
 # The CNI reference plugins of the embedded default network.
 cni:

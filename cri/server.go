@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"peapod/image"
 	"peapod/netns"
 	"peapod/sandbox"
 )
@@ -34,14 +35,17 @@ type Server struct {
 
 	sandboxes *sandbox.Manager
 	network   *netns.Network
+	images    *image.Store
+	streaming *streamServer
 	info      Info
 	log       *slog.Logger
 	grpc      *grpc.Server
 }
 
-// NewServer wires the CRI services.
-func NewServer(m *sandbox.Manager, network *netns.Network, info Info, log *slog.Logger) *Server {
-	s := &Server{sandboxes: m, network: network, info: info, log: log}
+// NewServer wires the CRI services. images may be nil (no ImageService,
+// no containers).
+func NewServer(m *sandbox.Manager, network *netns.Network, images *image.Store, info Info, log *slog.Logger) *Server {
+	s := &Server{sandboxes: m, network: network, images: images, info: info, log: log}
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(16<<20),
 		grpc.MaxSendMsgSize(16<<20),
@@ -97,8 +101,14 @@ func grpcError(err error) error {
 	switch {
 	case errors.Is(err, sandbox.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, sandbox.ErrNotFound):
+	case errors.Is(err, sandbox.ErrNotFound), errors.Is(err, sandbox.ErrImageNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, sandbox.ErrExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, sandbox.ErrNotRunning):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, sandbox.ErrNoContainerRTS):
+		return status.Error(codes.Unimplemented, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):

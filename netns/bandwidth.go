@@ -218,7 +218,7 @@ const (
 	burstTime         = 4 * time.Millisecond
 	burstMinFrames    = 2
 	queueTime         = 25 * time.Millisecond
-	queueMinFrames    = 2
+	queueMinFrames    = 4
 	ethernetHeaderLen = 14 // tbf counts frames with their L2 header
 )
 
@@ -227,7 +227,7 @@ const (
 //
 //	frame = MTU + 14
 //	burst = max(rate × 4 ms, 2 frames)      (or the pod's, at least 1 frame)
-//	limit = burst + max(rate × 25 ms, 2 frames)
+//	limit = burst + max(rate × 25 ms, 4 frames)
 //
 // Why the burst is this small. After an idle period tbf lets a whole bucket
 // out at line rate, so the first second of a flow carries up to burst +
@@ -247,8 +247,9 @@ const (
 //     holds rate × 4 ms, which costs only 0.4 % extra in the first second.
 //   - two frames are the floor so that at low rates the bucket never holds
 //     less than a full frame plus one (a plain packet larger than the bucket
-//     is dropped; below ~24 kbit/s two frames exceed half a second of
-//     traffic and the 1.5× bound cannot hold for any working bucket).
+//     is dropped). Below ~48 kbit/s two frames are more than half a second
+//     of traffic, so the first second may exceed 1.5× there; below ~24
+//     kbit/s no bucket that passes a full frame can meet 1.5×.
 //   - GSO/TSO packets (up to 64 KiB on a veth) do not need a 64 KiB bucket:
 //     tbf segments a GSO packet larger than the bucket (tbf_segment) instead
 //     of dropping it, and TCP sizes its GSO packets to about 1 ms of its
@@ -265,10 +266,14 @@ const (
 // 25 ms of traffic lets cubic (which backs off to 0.7× its window) keep the
 // link full for round trips up to ~60 ms, while a full queue adds at most
 // 25 ms to every RTT through the pod (the same latency the CNI bandwidth
-// plugin uses). Measured RTT of a probe under load: 1M ~20 ms, 10M ~18 ms
-// with cubic, ~9 ms with bbr. The burst is added so that any packet the
+// plugin uses). Measured median RTT of a probe under load: 1M 20-30 ms,
+// 10M ~18 ms with cubic and ~9 ms with bbr, 100M ~5 ms. The burst is added so that any packet the
 // bucket passes whole (≤ burst) also fits in the queue, otherwise such a
-// packet would be dropped every time. Two frames are again the floor.
+// packet would be dropped every time. The floor is four frames because bbr
+// keeps at least four packets in flight however small the path's BDP: at
+// 1M (where 25 ms is only two frames) a two-frame floor held bbr to
+// 0.95× the limit, four frames gave 0.99× (cubic: 0.99× either way), for a
+// worst-case queueing delay of 73 ms at 1M, where one frame alone takes 12 ms.
 func tokenBucketFor(rateBitsPerSec, burstOverrideBytes uint64, mtu int) tokenBucket {
 	rate := rateBitsPerSec / 8
 	if rate == 0 {

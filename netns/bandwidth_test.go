@@ -57,14 +57,14 @@ func TestParseBandwidthAnnotationsRejectsNonsense(t *testing.T) {
 		_, err := ParseBandwidthAnnotations(map[string]string{IngressBandwidthAnnotation: tc.value})
 		var be *BandwidthError
 		if !errors.As(err, &be) {
-			t.Errorf("%q: got %v, want a *BandwidthError", short(tc.value), err)
+			t.Errorf("%q: got %v, want a *BandwidthError", shortValue(tc.value), err)
 			continue
 		}
 		if be.Annotation != IngressBandwidthAnnotation || !strings.Contains(be.Reason, tc.reason) {
-			t.Errorf("%q: got %+v, want reason containing %q", short(tc.value), be, tc.reason)
+			t.Errorf("%q: got %+v, want reason containing %q", shortValue(tc.value), be, tc.reason)
 		}
 		if len(be.Value) > maxEchoedValueLen+3 || len(err.Error()) > 250 {
-			t.Errorf("%q: error echoes too much: %d bytes", short(tc.value), len(err.Error()))
+			t.Errorf("%q: error echoes too much: %d bytes", shortValue(tc.value), len(err.Error()))
 		}
 	}
 }
@@ -195,9 +195,9 @@ func TestTokenBucketExamples(t *testing.T) {
 		mtu            int
 		want           tokenBucket
 	}{
-		// Rates where the 2-frame floor holds.
-		{1_000, 0, 1500, tokenBucket{125, 3028, 6056}},
-		{1_000_000, 0, 1500, tokenBucket{125_000, 3028, 6153}},
+		// Rates where the frame floors hold.
+		{1_000, 0, 1500, tokenBucket{125, 3028, 9084}},
+		{1_000_000, 0, 1500, tokenBucket{125_000, 3028, 9084}},
 		// 10 Mbit/s: 4 ms is 5000 bytes, 25 ms of queue is 31250.
 		{10_000_000, 0, 1500, tokenBucket{1_250_000, 5000, 36250}},
 		{100_000_000, 0, 1500, tokenBucket{12_500_000, 50_000, 362_500}},
@@ -212,7 +212,7 @@ func TestTokenBucketExamples(t *testing.T) {
 	}
 }
 
-func short(s string) string {
+func shortValue(s string) string {
 	if len(s) > 20 {
 		return s[:20] + "..."
 	}

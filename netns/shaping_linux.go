@@ -49,10 +49,13 @@ const (
 // Only the host side is touched, so a pod with CAP_NET_ADMIN in its own
 // netns cannot lift the limit. The call converges: calling it again replaces
 // the parameters in place, and a direction whose rate is now 0 loses its
-// shaping. The IFB carries ifbAlias (IFLA_IFALIAS) so SweepOrphanIFBs can
-// find it. A root qdisc, ingress or clsact qdisc on hostVeth that peapod
-// did not create (another tool, the CNI bandwidth plugin) is an error, never
-// replaced. On error, what this call created is removed again.
+// shaping (all zero limits remove everything). The IFB carries ifbAlias
+// (IFLA_IFALIAS) so SweepOrphanIFBs can find it. A qdisc that peapod did not
+// create (another tool, the CNI bandwidth plugin) on a hook a shaped
+// direction needs, the root for ingress, the ingress/clsact hook for
+// egress, is an error naming the device, and is never replaced; on a hook
+// not needed it is left alone. On error, what this call created is removed
+// again. The returned state holds the bursts and queue sizes really used.
 func ApplyShaping(hostVeth, ifbName, ifbAlias string, l BandwidthLimits) (st ShapingState, err error) {
 	link, err := netlink.LinkByName(hostVeth)
 	if err != nil {

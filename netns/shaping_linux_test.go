@@ -23,8 +23,8 @@ import (
 // node's. Names: namespaces ppshape-<rand>-{h,p}, veths pps<rand>, addresses
 // in 10.201.0.0/16 only.
 
-// testPod is one such pair.
-type testPod struct {
+// shapedPod is one such pair.
+type shapedPod struct {
 	t        *testing.T
 	hostNS   string // ip netns name
 	podNS    string
@@ -33,7 +33,7 @@ type testPod struct {
 	podAddr  string
 }
 
-func requireRoot(t *testing.T) {
+func requireShapingRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, tc)")
@@ -43,7 +43,7 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-func randHex(n int) string {
+func shapingRandHex(n int) string {
 	b := make([]byte, (n+1)/2)
 	if _, err := rand.Read(b); err != nil {
 		panic(err)
@@ -51,40 +51,40 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)[:n]
 }
 
-// newTestPod creates the namespaces and the veth. subnet, when not 0, gives
+// newShapedPod creates the namespaces and the veth. subnet, when not 0, gives
 // the pair 10.201.<subnet>.1 (host) and .2 (pod).
-func newTestPod(t *testing.T, subnet int) *testPod {
+func newShapedPod(t *testing.T, subnet int) *shapedPod {
 	t.Helper()
-	requireRoot(t)
-	r := randHex(6)
-	p := &testPod{t: t, hostNS: "ppshape-" + r + "-h", podNS: "ppshape-" + r + "-p", hostVeth: "pps" + r}
-	mustRun(t, "ip", "netns", "add", p.hostNS)
+	requireShapingRoot(t)
+	r := shapingRandHex(6)
+	p := &shapedPod{t: t, hostNS: "ppshape-" + r + "-h", podNS: "ppshape-" + r + "-p", hostVeth: "pps" + r}
+	runShapingCmd(t, "ip", "netns", "add", p.hostNS)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", p.hostNS).Run() })
-	mustRun(t, "ip", "netns", "add", p.podNS)
+	runShapingCmd(t, "ip", "netns", "add", p.podNS)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", p.podNS).Run() })
-	mustRun(t, "ip", "-n", p.hostNS, "link", "set", "lo", "up")
-	mustRun(t, "ip", "-n", p.podNS, "link", "set", "lo", "up")
-	mustRun(t, "ip", "-n", p.hostNS, "link", "add", p.hostVeth, "type", "veth", "peer", "name", "eth0", "netns", p.podNS)
+	runShapingCmd(t, "ip", "-n", p.hostNS, "link", "set", "lo", "up")
+	runShapingCmd(t, "ip", "-n", p.podNS, "link", "set", "lo", "up")
+	runShapingCmd(t, "ip", "-n", p.hostNS, "link", "add", p.hostVeth, "type", "veth", "peer", "name", "eth0", "netns", p.podNS)
 	if subnet != 0 {
 		p.hostAddr = fmt.Sprintf("10.201.%d.1", subnet)
 		p.podAddr = fmt.Sprintf("10.201.%d.2", subnet)
-		mustRun(t, "ip", "-n", p.hostNS, "addr", "add", p.hostAddr+"/30", "dev", p.hostVeth)
-		mustRun(t, "ip", "-n", p.podNS, "addr", "add", p.podAddr+"/30", "dev", "eth0")
+		runShapingCmd(t, "ip", "-n", p.hostNS, "addr", "add", p.hostAddr+"/30", "dev", p.hostVeth)
+		runShapingCmd(t, "ip", "-n", p.podNS, "addr", "add", p.podAddr+"/30", "dev", "eth0")
 	}
-	mustRun(t, "ip", "-n", p.hostNS, "link", "set", p.hostVeth, "up")
-	mustRun(t, "ip", "-n", p.podNS, "link", "set", "eth0", "up")
+	runShapingCmd(t, "ip", "-n", p.hostNS, "link", "set", p.hostVeth, "up")
+	runShapingCmd(t, "ip", "-n", p.podNS, "link", "set", "eth0", "up")
 	return p
 }
 
-func (p *testPod) hostNSPath() string { return filepath.Join("/var/run/netns", p.hostNS) }
-func (p *testPod) podNSPath() string  { return filepath.Join("/var/run/netns", p.podNS) }
+func (p *shapedPod) hostNSPath() string { return filepath.Join("/var/run/netns", p.hostNS) }
+func (p *shapedPod) podNSPath() string  { return filepath.Join("/var/run/netns", p.podNS) }
 
 // inHost runs fn with the calling thread in the pod's host namespace.
-func (p *testPod) inHost(fn func() error) error {
+func (p *shapedPod) inHost(fn func() error) error {
 	return ns.WithNetNSPath(p.hostNSPath(), func(ns.NetNS) error { return fn() })
 }
 
-func (p *testPod) apply(ifb, alias string, l BandwidthLimits) (st ShapingState, err error) {
+func (p *shapedPod) apply(ifb, alias string, l BandwidthLimits) (st ShapingState, err error) {
 	err = p.inHost(func() error {
 		st, err = ApplyShaping(p.hostVeth, ifb, alias, l)
 		return err
@@ -92,20 +92,20 @@ func (p *testPod) apply(ifb, alias string, l BandwidthLimits) (st ShapingState, 
 	return st, err
 }
 
-func (p *testPod) remove(st ShapingState) error {
+func (p *shapedPod) remove(st ShapingState) error {
 	return p.inHost(func() error { return RemoveShaping(st) })
 }
 
 // host runs a command in the host namespace, e.g. host("tc", "qdisc", ...).
-func (p *testPod) host(args ...string) string {
+func (p *shapedPod) host(args ...string) string {
 	p.t.Helper()
-	return mustRun(p.t, "ip", append([]string{"netns", "exec", p.hostNS}, args...)...)
+	return runShapingCmd(p.t, "ip", append([]string{"netns", "exec", p.hostNS}, args...)...)
 }
 
 // requireUnshaped checks, with ip and tc rather than with the code under
 // test, that nothing of peapod's is left in the host namespace: no IFB, the
 // veth back on its default qdisc, no ingress qdisc and no filter.
-func (p *testPod) requireUnshaped() {
+func (p *shapedPod) requireUnshaped() {
 	p.t.Helper()
 	if out := p.host("ip", "-d", "link", "show", "type", "ifb"); strings.TrimSpace(out) != "" {
 		p.t.Fatalf("IFB left behind:\n%s", out)
@@ -119,7 +119,7 @@ func (p *testPod) requireUnshaped() {
 	}
 }
 
-func mustRun(t *testing.T, name string, args ...string) string {
+func runShapingCmd(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -128,11 +128,11 @@ func mustRun(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-func testTag() string { return "t" + randHex(3) }
+func shapingTestTag() string { return "t" + shapingRandHex(3) }
 
 func TestApplyShapingTwiceIsIdempotent(t *testing.T) {
-	p := newTestPod(t, 0)
-	tag, id := testTag(), randHex(64)
+	p := newShapedPod(t, 0)
+	tag, id := shapingTestTag(), shapingRandHex(64)
 	ifb, alias := IFBName(tag, id), "peapod:"+tag+":"+id
 	l := BandwidthLimits{IngressRateBitsPerSec: 10e6, EgressRateBitsPerSec: 5e6}
 	var first ShapingState
@@ -180,6 +180,11 @@ func TestApplyShapingTwiceIsIdempotent(t *testing.T) {
 	if out := p.host("ip", "link", "show", "type", "ifb"); strings.TrimSpace(out) != "" {
 		t.Fatalf("IFB still there after egress was unshaped:\n%s", out)
 	}
+	// No limits at all: everything goes.
+	if st, err := p.apply(ifb, alias, BandwidthLimits{}); err != nil || st != (ShapingState{HostVeth: p.hostVeth}) {
+		t.Fatalf("apply without limits: %+v, %v", st, err)
+	}
+	p.requireUnshaped()
 	if _, err := p.apply(ifb, alias, l); err != nil {
 		t.Fatal(err)
 	}
@@ -193,8 +198,8 @@ func TestApplyShapingTwiceIsIdempotent(t *testing.T) {
 }
 
 func TestApplyShapingLowAndHighRates(t *testing.T) {
-	p := newTestPod(t, 0)
-	tag, id := testTag(), randHex(64)
+	p := newShapedPod(t, 0)
+	tag, id := shapingTestTag(), shapingRandHex(64)
 	ifb := IFBName(tag, id)
 	// 1 kbit/s needs a bucket of 24 s worth of traffic for one frame: more
 	// than the 4.3 s the legacy buffer field can express.
@@ -235,7 +240,7 @@ func TestApplyShapingRefusesForeignQdiscs(t *testing.T) {
 			BandwidthLimits{IngressRateBitsPerSec: 10e6}, "root tbf"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newTestPod(t, 0)
+			p := newShapedPod(t, 0)
 			for _, c := range tc.setup {
 				for i := range c {
 					c[i] = strings.ReplaceAll(c[i], "VETH", p.hostVeth)
@@ -243,7 +248,7 @@ func TestApplyShapingRefusesForeignQdiscs(t *testing.T) {
 				p.host(c...)
 			}
 			before := p.host("tc", "qdisc", "show", "dev", p.hostVeth) + p.host("tc", "filter", "show", "dev", p.hostVeth, "ingress")
-			tag, id := testTag(), randHex(64)
+			tag, id := shapingTestTag(), shapingRandHex(64)
 			_, err := p.apply(IFBName(tag, id), "peapod:"+tag+":"+id, tc.limit)
 			if err == nil {
 				t.Fatal("ApplyShaping over a foreign qdisc succeeded")
@@ -262,13 +267,31 @@ func TestApplyShapingRefusesForeignQdiscs(t *testing.T) {
 	}
 }
 
+// A hook a pod's limits do not need is left as it is: a foreign clsact does
+// not stop shaping into the pod (the root qdisc).
+func TestApplyShapingLeavesUnneededForeignHookAlone(t *testing.T) {
+	p := newShapedPod(t, 0)
+	p.host("tc", "qdisc", "add", "dev", p.hostVeth, "clsact")
+	tag, id := shapingTestTag(), shapingRandHex(64)
+	st, err := p.apply(IFBName(tag, id), "peapod:"+tag+":"+id, BandwidthLimits{IngressRateBitsPerSec: 10e6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.remove(st); err != nil {
+		t.Fatal(err)
+	}
+	if qd := p.host("tc", "qdisc", "show", "dev", p.hostVeth); !strings.Contains(qd, "qdisc clsact ffff:") || strings.Contains(qd, "tbf") {
+		t.Fatalf("qdiscs after remove:\n%s", qd)
+	}
+}
+
 // A failure half-way (here: the IFB name is taken by a non-IFB device after
 // the ingress tbf went on) removes what the call created.
 func TestApplyShapingRollsBackOnError(t *testing.T) {
-	p := newTestPod(t, 0)
-	tag, id := testTag(), randHex(64)
+	p := newShapedPod(t, 0)
+	tag, id := shapingTestTag(), shapingRandHex(64)
 	ifb := IFBName(tag, id)
-	p.host("ip", "link", "add", ifb, "type", "veth", "peer", "name", "pps"+randHex(6))
+	p.host("ip", "link", "add", ifb, "type", "veth", "peer", "name", "pps"+shapingRandHex(6))
 	_, err := p.apply(ifb, "peapod:"+tag+":"+id, BandwidthLimits{IngressRateBitsPerSec: 10e6, EgressRateBitsPerSec: 5e6})
 	if err == nil || !strings.Contains(err.Error(), p.hostVeth) || !strings.Contains(err.Error(), ifb) || !strings.Contains(err.Error(), "not an IFB") {
 		t.Fatalf("got %v", err)
@@ -293,8 +316,8 @@ func TestApplyShapingRollsBackOnError(t *testing.T) {
 // A daemon killed between creating the ingress qdisc and its filter leaves an
 // empty ingress qdisc next to our IFB: the next ApplyShaping adopts it.
 func TestApplyShapingAdoptsItsInterruptedSetup(t *testing.T) {
-	p := newTestPod(t, 0)
-	tag, id := testTag(), randHex(64)
+	p := newShapedPod(t, 0)
+	tag, id := shapingTestTag(), shapingRandHex(64)
 	ifb, alias := IFBName(tag, id), "peapod:"+tag+":"+id
 	p.host("ip", "link", "add", ifb, "type", "ifb")
 	p.host("ip", "link", "set", ifb, "alias", alias)
@@ -313,15 +336,15 @@ func TestApplyShapingAdoptsItsInterruptedSetup(t *testing.T) {
 }
 
 func TestRemoveShapingAfterPodNetnsIsGone(t *testing.T) {
-	p := newTestPod(t, 0)
-	tag, id := testTag(), randHex(64)
+	p := newShapedPod(t, 0)
+	tag, id := shapingTestTag(), shapingRandHex(64)
 	st, err := p.apply(IFBName(tag, id), "peapod:"+tag+":"+id, BandwidthLimits{IngressRateBitsPerSec: 10e6, EgressRateBitsPerSec: 5e6})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Deleting the pod netns takes the veth pair (and its qdiscs) with it.
 	// The kernel destroys a namespace asynchronously.
-	mustRun(t, "ip", "netns", "del", p.podNS)
+	runShapingCmd(t, "ip", "netns", "del", p.podNS)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		out, err := exec.Command("ip", "-n", p.hostNS, "link", "show", p.hostVeth).CombinedOutput()
 		if err != nil {
@@ -342,8 +365,8 @@ func TestRemoveShapingAfterPodNetnsIsGone(t *testing.T) {
 }
 
 func TestRemoveShapingLeavesForeignFiltersAlone(t *testing.T) {
-	p := newTestPod(t, 0)
-	tag, id := testTag(), randHex(64)
+	p := newShapedPod(t, 0)
+	tag, id := shapingTestTag(), shapingRandHex(64)
 	st, err := p.apply(IFBName(tag, id), "peapod:"+tag+":"+id, BandwidthLimits{EgressRateBitsPerSec: 5e6})
 	if err != nil {
 		t.Fatal(err)
@@ -360,13 +383,13 @@ func TestRemoveShapingLeavesForeignFiltersAlone(t *testing.T) {
 }
 
 func TestSweepOrphanIFBs(t *testing.T) {
-	p := newTestPod(t, 0)
-	tag, other := testTag(), testTag()
-	ids := []string{randHex(64), randHex(64), randHex(64)}
+	p := newShapedPod(t, 0)
+	tag, other := shapingTestTag(), shapingTestTag()
+	ids := []string{shapingRandHex(64), shapingRandHex(64), shapingRandHex(64)}
 	// Three sandboxes, each with its veth (the first one is p's).
-	veths := []string{p.hostVeth, "pps" + randHex(6), "pps" + randHex(6)}
+	veths := []string{p.hostVeth, "pps" + shapingRandHex(6), "pps" + shapingRandHex(6)}
 	for _, v := range veths[1:] {
-		p.host("ip", "link", "add", v, "type", "veth", "peer", "name", "pps"+randHex(6))
+		p.host("ip", "link", "add", v, "type", "veth", "peer", "name", "pps"+shapingRandHex(6))
 	}
 	var kept ShapingState
 	for i, id := range ids {
@@ -385,7 +408,7 @@ func TestSweepOrphanIFBs(t *testing.T) {
 	// Another instance's IFB, and an IFB nobody labelled.
 	p.host("ip", "link", "add", IFBName(other, ids[1]), "type", "ifb")
 	p.host("ip", "link", "set", IFBName(other, ids[1]), "alias", "peapod:"+other+":"+ids[1])
-	p.host("ip", "link", "add", "ppshape"+randHex(4), "type", "ifb")
+	p.host("ip", "link", "add", "ppshape"+shapingRandHex(4), "type", "ifb")
 
 	var removed []string
 	err := p.inHost(func() (err error) {
@@ -425,7 +448,7 @@ func TestSweepOrphanIFBs(t *testing.T) {
 }
 
 func TestHostVethOf(t *testing.T) {
-	p := newTestPod(t, 0)
+	p := newShapedPod(t, 0)
 	var got string
 	err := p.inHost(func() (err error) {
 		got, err = HostVethOf(p.podNSPath(), "eth0")
@@ -450,7 +473,7 @@ func TestHostVethOf(t *testing.T) {
 
 	// Asked from a namespace that does not hold the peer, the answer is an
 	// error, never whatever device has the same ifindex there.
-	q := newTestPod(t, 0)
+	q := newShapedPod(t, 0)
 	err = q.inHost(func() error {
 		n, err := HostVethOf(p.podNSPath(), "eth0")
 		if err == nil {
@@ -467,12 +490,12 @@ func TestHostVethOf(t *testing.T) {
 }
 
 func TestCheckShapingSupport(t *testing.T) {
-	requireRoot(t)
+	requireShapingRoot(t)
 	if problems := CheckShapingSupport(); len(problems) != 0 {
 		t.Fatalf("this kernel should support shaping:\n%s", strings.Join(problems, "\n"))
 	}
 	// Its devices lived in a namespace of their own.
-	if out := mustRun(t, "ip", "link", "show"); strings.Contains(out, "ppchk") {
+	if out := runShapingCmd(t, "ip", "link", "show"); strings.Contains(out, "ppchk") {
 		t.Fatalf("the check left devices on the host:\n%s", out)
 	}
 }

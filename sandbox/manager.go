@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"peapod/image"
 	"peapod/netns"
 )
 
@@ -31,7 +32,11 @@ type Config struct {
 	NetworkTimeout time.Duration
 	// RetryInterval is how often failed CNI DELs are retried.
 	RetryInterval time.Duration
-	Log           *slog.Logger
+	// Images is the image store; nil disables containers.
+	Images *image.Store
+	// ShimBinary is the peapod executable that runs `peapod shim`.
+	ShimBinary string
+	Log        *slog.Logger
 }
 
 // Errors the cri package maps to gRPC codes.
@@ -52,6 +57,9 @@ type Manager struct {
 
 	stopRetry chan struct{}
 	retryDone chan struct{}
+
+	ctOnce sync.Once
+	ct     *containerTable
 }
 
 // entry is one sandbox in memory. op serializes lifecycle operations on this

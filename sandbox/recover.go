@@ -36,6 +36,7 @@ func (m *Manager) recover(ctx context.Context) error {
 		cp := *rec
 		e.rec = &cp
 		m.sandboxes[rec.ID] = e
+		m.loadContainers(rec.ID)
 		switch rec.State {
 		case StateCreating:
 			m.log.Info("rolling back sandbox interrupted during creation", "sandbox", rec.ID)
@@ -50,12 +51,17 @@ func (m *Manager) recover(ctx context.Context) error {
 			continue
 		case StateStopping:
 			m.log.Info("finishing interrupted stop", "sandbox", rec.ID)
+			_ = m.stopPodContainers(ctx, rec)
 			_ = m.teardown(ctx, e, rec)
 			rec.State = StateNotReady
 			rec.Reason = "stopped"
 			_ = m.persist(e, rec)
 		case StateRemoving:
 			m.log.Info("finishing interrupted removal", "sandbox", rec.ID)
+			_ = m.stopPodContainers(ctx, rec)
+			if err := m.removePodContainers(ctx, rec); err != nil {
+				m.log.Warn("remove containers of sandbox", "sandbox", rec.ID, "err", err)
+			}
 			if err := m.teardown(ctx, e, rec); err == nil {
 				if err := m.finishRemove(e, rec); err != nil {
 					m.log.Error("finish removal", "sandbox", rec.ID, "err", err)

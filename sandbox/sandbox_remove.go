@@ -35,6 +35,12 @@ func (m *Manager) Remove(ctx context.Context, id string) error {
 	if err := m.persist(e, &rec); err != nil {
 		return err
 	}
+	if err := m.stopPodContainers(context.WithoutCancel(ctx), &rec); err != nil {
+		return fmt.Errorf("remove sandbox %s: %w", id, err)
+	}
+	if err := m.removePodContainers(context.WithoutCancel(ctx), &rec); err != nil {
+		return fmt.Errorf("remove sandbox %s: %w", id, err)
+	}
 	if err := m.teardown(context.WithoutCancel(ctx), e, &rec); err != nil {
 		return fmt.Errorf("remove sandbox %s: %w", id, err)
 	}

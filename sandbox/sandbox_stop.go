@@ -43,7 +43,8 @@ func (m *Manager) Stop(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	terr := m.teardown(context.WithoutCancel(ctx), e, &rec)
+	cerr := m.stopPodContainers(context.WithoutCancel(ctx), &rec)
+	terr := errors.Join(cerr, m.teardown(context.WithoutCancel(ctx), e, &rec))
 	if rec.State != StateRemoving {
 		rec.State = StateNotReady
 		if rec.Reason == "" {

@@ -15,13 +15,18 @@ import (
 // config is the daemon's configuration: defaults, then the TOML file, then
 // flags. Every path is configurable so instances can run side by side.
 type config struct {
-	Socket              string    `toml:"socket"`
-	Root                string    `toml:"root"`
-	State               string    `toml:"state"`
-	LogLevel            string    `toml:"log_level"`
-	CgroupDriver        string    `toml:"cgroup_driver"`
-	DefaultCgroupParent string    `toml:"default_cgroup_parent"`
-	CNI                 cniConfig `toml:"cni"`
+	Socket              string `toml:"socket"`
+	Root                string `toml:"root"`
+	State               string `toml:"state"`
+	LogLevel            string `toml:"log_level"`
+	CgroupDriver        string `toml:"cgroup_driver"`
+	DefaultCgroupParent string `toml:"default_cgroup_parent"`
+	// RegistryConfigDir holds containerd-style <registry-host>/hosts.toml
+	// files: mirrors, plain-http registries, TLS settings.
+	RegistryConfigDir string `toml:"registry_config_dir"`
+	// StreamAddress is where exec/attach/port-forward are served.
+	StreamAddress string    `toml:"stream_address"`
+	CNI           cniConfig `toml:"cni"`
 }
 
 type cniConfig struct {
@@ -54,11 +59,12 @@ const (
 
 func defaultConfig() config {
 	return config{
-		Socket:       defaultSocket,
-		Root:         defaultRoot,
-		State:        defaultState,
-		LogLevel:     "info",
-		CgroupDriver: "cgroupfs",
+		Socket:        defaultSocket,
+		Root:          defaultRoot,
+		State:         defaultState,
+		LogLevel:      "info",
+		CgroupDriver:  "cgroupfs",
+		StreamAddress: "127.0.0.1:0",
 		CNI: cniConfig{
 			ConfDir:     "/etc/cni/net.d",
 			BinDirs:     defaultCNIBinDirs(),
@@ -129,3 +135,6 @@ func (c *config) validate() error {
 	}
 	return nil
 }
+
+// defaultRegistryConfigDir follows containerd's /etc/containerd/certs.d.
+const defaultRegistryConfigDir = "/etc/peapod/certs.d"

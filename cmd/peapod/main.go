@@ -32,6 +32,13 @@ func main() {
 		err = serve(os.Args[2:])
 	case "check":
 		err = check(os.Args[2:])
+	case "image":
+		err = imageCommand(os.Args[2:])
+	case "shim":
+		err = runShim(os.Args[2:])
+	case "init":
+		// Handled in init.go before main runs; reaching here is a failed init.
+		os.Exit(255)
 	case "version", "--version", "-v":
 		fmt.Printf("peapod %s\n", version)
 	case "help", "-h", "--help":

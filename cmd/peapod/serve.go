@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"peapod/cri"
+	"peapod/image"
 	"peapod/netns"
 	"peapod/pause/embedded"
 	"peapod/sandbox"
@@ -72,6 +73,8 @@ func parseConfig(name string, args []string) (*config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&cfg.CgroupDriver, "cgroup-driver", cfg.CgroupDriver, "cgroup driver (cgroupfs)")
 	fs.StringVar(&cfg.DefaultCgroupParent, "cgroup-parent", cfg.DefaultCgroupParent, "cgroup for pods that name none (default /peapod, or /peapod-<tag> for a non-default --root)")
+	fs.StringVar(&cfg.RegistryConfigDir, "registry-config-dir", cfg.RegistryConfigDir, "containerd-style hosts.toml directory for registry mirrors and plain-http registries")
+	fs.StringVar(&cfg.StreamAddress, "stream-address", cfg.StreamAddress, "address of the exec/attach/port-forward server")
 	fs.StringVar(&cfg.CNI.ConfDir, "cni-conf-dir", cfg.CNI.ConfDir, "CNI network configs; the embedded default network is used when it holds none")
 	fs.Var(&listFlag{vals: &cfg.CNI.BinDirs}, "cni-bin-dir", "CNI plugin search list, ':'-separated or repeated")
 	fs.StringVar(&cfg.CNI.NetworkName, "network-name", cfg.CNI.NetworkName, "name of the embedded default network")
@@ -157,6 +160,9 @@ func serve(args []string) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("peapod serve must run as root for now (rootless mode is not built yet)")
 	}
+	if cfg.RegistryConfigDir == "" {
+		cfg.RegistryConfigDir = defaultRegistryConfigDir
+	}
 	pause, err := installPause(cfg.State)
 	if err != nil {
 		return fmt.Errorf("install pause: %w", err)
@@ -168,8 +174,18 @@ func serve(args []string) error {
 	if err := network.Ready(); err != nil {
 		log.Warn("pod network not ready; pods cannot start until it is", "err", err)
 	}
+	images, err := image.Open(image.Config{Root: filepath.Join(cfg.Root, "images"), RegistryConfigDir: cfg.RegistryConfigDir, Log: log})
+	if err != nil {
+		return fmt.Errorf("image store: %w", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
 	ctx := context.Background()
 	mgr, err := sandbox.New(ctx, sandbox.Config{
+		Images:              images,
+		ShimBinary:          exe,
 		RootDir:             cfg.Root,
 		StateDir:            cfg.State,
 		InstanceTag:         cfg.instanceTag(),
@@ -184,15 +200,19 @@ func serve(args []string) error {
 		return err
 	}
 	defer mgr.Close()
-	srv := cri.NewServer(mgr, network, cri.Info{
+	srv := cri.NewServer(mgr, network, images, cri.Info{
 		Version:      version,
 		CgroupDriver: cfg.CgroupDriver,
 		StatusDetails: map[string]any{
 			"root": cfg.Root, "state": cfg.State, "socket": cfg.Socket,
 			"cgroupDriver": cfg.CgroupDriver, "defaultCgroupParent": cfg.cgroupParent(),
 			"instanceTag": cfg.instanceTag(), "cniConfDir": cfg.CNI.ConfDir, "cniBinDirs": cfg.CNI.BinDirs,
+			"registryConfigDir": cfg.RegistryConfigDir,
 		},
 	}, log)
+	if err := srv.StartStreaming(cfg.StreamAddress); err != nil {
+		return err
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

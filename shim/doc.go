@@ -1,0 +1,27 @@
+// Package shim is the per-pod monitor of peapod and the daemon's client for
+// it.
+//
+// One shim process runs per pod (`peapod shim --dir DIR ...`, started by
+// Start, detached in its own session). It is the parent and child-subreaper
+// of the pod's containers, which it runs with runc's libcontainer; their init
+// is `peapod init` (see cmd/peapod/init.go). It holds the containers' stdio,
+// writes their output to CRI log files (`RFC3339Nano stdout|stderr P|F
+// text`, lines over 16 KiB split into P records), records each exit (code,
+// finish time, OOM kill) in DIR/containers/<id>/exit.json, and serves exec
+// and attach sessions. The daemon may be killed and restarted at any time: the shim and
+// its containers carry on, and Connect finds them again.
+//
+// Containers join the sandbox's pinned namespaces (Namespace.Path) and get
+// a new mount namespace always. Their cgroup is <PodCgroup>/<id> unless the
+// spec names one (cgroupfs paths, relative to each hierarchy's root).
+//
+// The protocol between Client and shim is private: length-prefixed JSON
+// frames over a unix stream socket in DIR, one connection per call; an exec
+// session streams its stdio as further frames on its connection. The shim
+// imports no gRPC so that its memory stays small (it counts against the
+// pod's budget).
+//
+// DIR belongs to the shim: it holds the socket (shim.sock), the shim's pid
+// and log, libcontainer's state (runc/) and the container records
+// (containers/). Shutdown removes it.
+package shim
