@@ -4,7 +4,9 @@ BIN             := $(CURDIR)/bin
 VERSION         ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 CNI_PLUGINS     := v1.10.0
 CRI_TOOLS       := v1.37.0
-GOTEST_FLAGS    ?= -count=1 -timeout 25m
+# -p 1: the throughput tests measure real rates and must not share the two
+# cores with another package's tests.
+GOTEST_FLAGS    ?= -count=1 -timeout 25m -p 1
 
 .PHONY: all build pause peapod cni tools run test unit integration bench install clean
 

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"fmt"
+	"io"
+	"log"
 	"os"
 	"strings"
 	"syscall"
@@ -31,3 +33,5 @@ func waitGone(t testing.TB, pid int) {
 	}
 	t.Fatalf("pid %d still exists", pid)
 }
+
+func nopLogger() *log.Logger { return log.New(io.Discard, "", 0) }

@@ -204,11 +204,12 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 		m.dropContainer(ce, id)
 		return "", err
 	}
+	cid := id // the named result is cleared by `return "", err`
 	defer func() {
 		if err != nil {
-			_ = m.cfg.Images.RemoveRootfs(id)
-			_ = os.Remove(filepath.Join(m.containerDir(sb.ID), id+".json"))
-			m.dropContainer(ce, id)
+			_ = m.cfg.Images.RemoveRootfs(cid)
+			_ = os.Remove(filepath.Join(m.containerDir(sb.ID), cid+".json"))
+			m.dropContainer(ce, cid)
 		}
 	}()
 	rootfs, err := m.cfg.Images.MountRootfs(id, img, false)
@@ -229,7 +230,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 		return "", err
 	}
 	if err := client.CreateContainer(ctx, spec); err != nil {
-		_ = client.Delete(context.WithoutCancel(ctx), id)
+		_ = client.Delete(context.WithoutCancel(ctx), cid)
 		if errors.Is(err, shim.ErrInvalid) {
 			return "", fmt.Errorf("%w: %v", ErrInvalid, err)
 		}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// daemon is the private peapod instance critest runs against.
+type daemon struct {
+	socket  string
+	logPath string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	exitErr error
+}
+
+func startDaemon(bin, logPath string, args []string) (*daemon, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	d := &daemon{logPath: logPath, exited: make(chan struct{})}
+	for i, a := range args {
+		if a == "--socket" && i+1 < len(args) {
+			d.socket = args[i+1]
+		}
+	}
+	d.cmd = exec.Command(bin, args...)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	// Its own process group: a Ctrl-C on the terminal reaches the harness,
+	// which removes the pods before it stops the daemon.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { d.exitErr = d.cmd.Wait(); close(d.exited) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-d.exited:
+			return nil, fmt.Errorf("peapod exited before it listened (%v); its log:\n%s", d.exitErr, tailFile(logPath, 30))
+		default:
+		}
+		if c, err := net.Dial("unix", d.socket); err == nil {
+			c.Close()
+			return d, nil
+		}
+		if time.Now().After(deadline) {
+			d.stop()
+			return nil, fmt.Errorf("peapod did not listen on %s within 30s; its log:\n%s", d.socket, tailFile(logPath, 30))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// removeAll removes every pod and container left behind (specs that failed
+// half-way leave some): peapod's pods outlive the daemon by design.
+func (d *daemon) removeAll() (n int, err error) {
+	conn, err := grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	rt := cri.NewRuntimeServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var errs []error
+	pods, err := rt.ListPodSandbox(ctx, &cri.ListPodSandboxRequest{})
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range pods.Items {
+		n++
+		if _, err := rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: p.Id}); err != nil {
+			errs = append(errs, fmt.Errorf("stop pod %s: %w", p.Id, err))
+		}
+		if _, err := rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: p.Id}); err != nil {
+			errs = append(errs, fmt.Errorf("remove pod %s: %w", p.Id, err))
+		}
+	}
+	if cs, err := rt.ListContainers(ctx, &cri.ListContainersRequest{}); err == nil {
+		for _, c := range cs.Containers {
+			n++
+			if _, err := rt.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: c.Id}); err != nil {
+				errs = append(errs, fmt.Errorf("remove container %s: %w", c.Id, err))
+			}
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+func (d *daemon) stop() {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+		<-d.exited
+	}
+}
+
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + strings.Join(lines, "\n  ")
+}
+
+// killUnder kills processes still running from files under dir (shims and
+// containers of pods the daemon could not remove) and returns what it did.
+// They all descend from the daemon this harness started.
+func killUnder(dir string) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		exe, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		if strings.Contains(string(cmdline), dir) || strings.HasPrefix(exe, dir) {
+			if syscall.Kill(pid, syscall.SIGKILL) == nil {
+				out = append(out, fmt.Sprintf("killed leftover pid %d: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " ")))
+			}
+		}
+	}
+	return out
+}
+
+// unmountUnder lazily unmounts every mount point under dir, deepest first.
+func unmountUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var points []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 {
+			p := unescapeMount(fields[4])
+			if p == dir || strings.HasPrefix(p, dir+"/") {
+				points = append(points, p)
+			}
+		}
+	}
+	sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
+	var out []string
+	for _, p := range points {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err == nil {
+			out = append(out, "unmounted leftover "+p)
+		}
+	}
+	return out
+}
+
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

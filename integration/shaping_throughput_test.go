@@ -1,0 +1,621 @@
+package integration
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Throughput of shaped pods measured for real, through the peapod daemon:
+// the pods, their veths, the tbf on the host veth and on the IFB are all
+// peapod's; the test only runs iperf3 between the host (the bridge's
+// address, the pods' gateway) and a pod (nsenter --net=<pod pin>), and reads
+// the byte counters of the qdiscs that shape the flow.
+
+// tputDir is which way a flow's data crosses the pod's veth.
+type tputDir int
+
+const (
+	tputIntoPod  tputDir = iota // host → pod: the ingress limit, tbf root of the host veth
+	tputOutOfPod                // pod → host: the egress limit, tbf on the IFB
+)
+
+func (d tputDir) String() string {
+	if d == tputIntoPod {
+		return "into pod"
+	}
+	return "out of pod"
+}
+
+// tputPod is one pod of the test and what its verbose status tells.
+type tputPod struct {
+	name            string
+	ingress, egress string // annotation values, "" = none
+	ingressBits     uint64
+	egressBits      uint64
+
+	id       string
+	netPin   string // pinned network namespace
+	ip       string
+	hostVeth string
+	ifb      string
+}
+
+func (p *tputPod) limit(dir tputDir) uint64 {
+	if dir == tputIntoPod {
+		return p.ingressBits
+	}
+	return p.egressBits
+}
+
+// tputResult is one measured flow. Wire rates count what tbf counts: each
+// segment with its Ethernet, IP and TCP headers.
+type tputResult struct {
+	pod      string
+	dir      tputDir
+	limit    uint64 // bit/s, 0: unshaped
+	duration time.Duration
+	device   string // whose counter was read
+
+	steady, firstSecond float64 // bit/s on the wire
+	goodputWire         float64 // iperf3 receiver goodput scaled to the wire
+	retransmits         int
+	rttMedian, rttMax   time.Duration
+	probesLost          int
+}
+
+const tputTableHeader = "pod            limit     direction   counter of       steady (wire)       first second       goodput→wire  retr  rtt-med  rtt-max lost  dur"
+
+func (r tputResult) row() string {
+	limit, steady, first := "none", tputMbit(r.steady), tputMbit(r.firstSecond)
+	if r.limit > 0 {
+		l := float64(r.limit)
+		limit = tputMbit(l)
+		steady += fmt.Sprintf(" (%+.1f%%)", (r.steady/l-1)*100)
+		first += fmt.Sprintf(" (%.2f×)", r.firstSecond/l)
+	}
+	return fmt.Sprintf("%-14s %-9s %-11s %-16s %-19s %-18s %-13s %4d %8s %8s %4d %3.0fs",
+		r.pod, limit, r.dir, r.device, steady, first, tputMbit(r.goodputWire), r.retransmits,
+		r.rttMedian.Round(10*time.Microsecond), r.rttMax.Round(10*time.Microsecond), r.probesLost, r.duration.Seconds())
+}
+
+func tputMbit(bps float64) string { return fmt.Sprintf("%.2fM", bps/1e6) }
+
+// TestShapedPodThroughputIsAccurate runs TCP flows (iperf3, the system's
+// congestion control) between the host and pods of a real daemon: a pod
+// with ingress 10M / egress 5M, pods with 1M and 100M both ways, and an
+// unshaped pod on the same bridge. Each shaped flow takes 10 s; its steady
+// rate on the wire (the shaping tbf's byte counter, from 2 s after the first
+// byte to the end) must be within 5 % of the limit and its first second at
+// most 1.5× it. The unshaped pod must exceed 200 Mbit/s both ways.
+//
+// The shaped pods are independent (a veth, a tbf and an IFB each) and their
+// flows together need ~110 Mbit/s, so the three pods' flows run side by
+// side: first all three into the pods, then all three out of them. The
+// unshaped flows, which take all the CPU they can get, run alone after
+// them. About 30 s in all.
+func TestShapedPodThroughputIsAccurate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("throughput measurement takes ~30 s")
+	}
+	for _, tool := range []string{"iperf3", "nsenter", "ss"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed for the throughput test (apt-get install -y iperf3 util-linux iproute2)", tool)
+		}
+	}
+	began := time.Now()
+	d := startDaemon(t)
+	gw, err := tputGateway(d.Subnet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := []*tputPod{
+		{name: "tput-10m-5m", ingress: "10M", egress: "5M", ingressBits: 10e6, egressBits: 5e6},
+		{name: "tput-1m", ingress: "1M", egress: "1M", ingressBits: 1e6, egressBits: 1e6},
+		{name: "tput-100m", ingress: "100M", egress: "100M", ingressBits: 100e6, egressBits: 100e6},
+		{name: "tput-unshaped"},
+	}
+	for _, p := range pods {
+		tputRunPod(t, d, p)
+	}
+	t.Logf("daemon and %d pods up in %v; host side %s on %s", len(pods), time.Since(began).Round(time.Millisecond), gw, d.Bridge)
+
+	const shapedFor, unshapedFor = 10 * time.Second, 3 * time.Second
+	var results []tputResult
+	phases := []struct {
+		dir  tputDir
+		pods []*tputPod
+		d    time.Duration
+	}{
+		{tputIntoPod, pods[:3], shapedFor},
+		{tputOutOfPod, pods[:3], shapedFor},
+		{tputIntoPod, pods[3:], unshapedFor},
+		{tputOutOfPod, pods[3:], unshapedFor},
+	}
+	for _, ph := range phases {
+		out := make([]tputResult, len(ph.pods))
+		errs := make([]error, len(ph.pods))
+		var wg sync.WaitGroup
+		for i, p := range ph.pods {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out[i], errs[i] = tputMeasure(p, gw, ph.dir, ph.d)
+			}()
+		}
+		wg.Wait()
+		for i, p := range ph.pods {
+			if errs[i] != nil {
+				t.Errorf("%s, flow %v: %v", p.name, ph.dir, errs[i])
+				continue
+			}
+			results = append(results, out[i])
+			if err := tputCheck(out[i]); err != nil {
+				t.Errorf("%s, flow %v: %v", p.name, ph.dir, err)
+			}
+		}
+	}
+	var b strings.Builder
+	for _, r := range results {
+		b.WriteString("\n" + r.row())
+	}
+	t.Logf("cc %s, daemon start to last flow %v:\n%s%s", tputSysctl("/proc/sys/net/ipv4/tcp_congestion_control"),
+		time.Since(began).Round(100*time.Millisecond), tputTableHeader, b.String())
+}
+
+// tputRunPod runs p through the daemon, reads where its network lives, and
+// registers its stop and removal, after which its host veth and IFB must be
+// gone.
+func tputRunPod(t *testing.T, d *daemon, p *tputPod) {
+	t.Helper()
+	cfg := podConfig(p.name)
+	cfg.Annotations = map[string]string{}
+	if p.ingress != "" {
+		cfg.Annotations["kubernetes.io/ingress-bandwidth"] = p.ingress
+	}
+	if p.egress != "" {
+		cfg.Annotations["kubernetes.io/egress-bandwidth"] = p.egress
+	}
+	p.id = d.runPod(t, cfg)
+	t.Cleanup(func() {
+		d.stopRemove(t, p.id)
+		for _, dev := range []string{p.hostVeth, p.ifb} {
+			if dev == "" {
+				continue
+			}
+			if _, err := netlink.LinkByName(dev); err == nil {
+				t.Errorf("%s: %s still exists after the pod was removed", p.name, dev)
+			}
+		}
+	})
+	st, v := d.status(t, p.id)
+	if st.State != runtime.PodSandboxState_SANDBOX_READY {
+		t.Fatalf("%s: state %v", p.name, st.State)
+	}
+	p.netPin = v.Namespaces["network"]
+	if p.netPin == "" {
+		p.netPin = v.Namespaces["net"]
+	}
+	if p.netPin == "" {
+		t.Fatalf("%s: verbose info has no pinned network namespace: %v", p.name, v.Namespaces)
+	}
+	p.ip = st.GetNetwork().GetIp()
+	if p.ip == "" {
+		t.Fatalf("%s: no pod IP in the status", p.name)
+	}
+	shaped := p.ingressBits > 0 || p.egressBits > 0
+	if shaped {
+		if v.Bandwidth == nil || v.Bandwidth.HostVeth == "" || (p.egressBits > 0 && v.Bandwidth.IFB == "") {
+			t.Fatalf("%s: verbose info lacks the applied shaping: %+v", p.name, v.Bandwidth)
+		}
+		p.hostVeth, p.ifb = v.Bandwidth.HostVeth, v.Bandwidth.IFB
+		return
+	}
+	if v.Bandwidth != nil && v.Bandwidth.HostVeth != "" {
+		t.Fatalf("%s: unshaped pod has shaping: %+v", p.name, v.Bandwidth)
+	}
+	var res json.RawMessage
+	if v.Network != nil {
+		res = v.Network.CNIResult
+	}
+	hv, err := tputHostVeth(res, d.Bridge, p.netPin)
+	if err != nil {
+		t.Fatalf("%s: %v", p.name, err)
+	}
+	p.hostVeth = hv
+}
+
+// tputHostVeth finds the host end of an unshaped pod's veth: the CNI
+// result's host-side interface that is not the bridge, or else the peer
+// index of the pod's eth0.
+func tputHostVeth(cniResult json.RawMessage, bridge, netPin string) (string, error) {
+	var r struct {
+		Interfaces []struct {
+			Name    string `json:"name"`
+			Sandbox string `json:"sandbox"`
+		} `json:"interfaces"`
+	}
+	if len(cniResult) > 0 && json.Unmarshal(cniResult, &r) == nil {
+		for _, i := range r.Interfaces {
+			if i.Sandbox == "" && i.Name != bridge && i.Name != "" {
+				if _, err := netlink.LinkByName(i.Name); err == nil {
+					return i.Name, nil
+				}
+			}
+		}
+	}
+	out, err := exec.Command("nsenter", "--net="+netPin, "--", "ip", "-o", "link", "show", "eth0").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("find the host veth: %v: %s", err, out)
+	}
+	var idx int
+	if f := strings.Fields(string(out)); len(f) > 1 {
+		if _, after, ok := strings.Cut(strings.TrimSuffix(f[1], ":"), "@if"); ok {
+			_, _ = fmt.Sscan(after, &idx)
+		}
+	}
+	l, err := netlink.LinkByIndex(idx)
+	if err != nil {
+		return "", fmt.Errorf("find the host veth (peer index %d of eth0): %w", idx, err)
+	}
+	return l.Attrs().Name, nil
+}
+
+// tputGateway is the first address of subnet: the bridge's, the pods'
+// gateway.
+func tputGateway(subnet string) (string, error) {
+	_, n, err := net.ParseCIDR(subnet)
+	if err != nil {
+		return "", err
+	}
+	ip := n.IP.To4()
+	if ip == nil {
+		return "", fmt.Errorf("subnet %s is not IPv4", subnet)
+	}
+	gw := make(net.IP, 4)
+	copy(gw, ip)
+	gw[3]++
+	return gw.String(), nil
+}
+
+// tputCheck holds a flow to the shaping promises.
+func tputCheck(r tputResult) error {
+	if r.limit == 0 {
+		if r.steady < 200e6 {
+			return fmt.Errorf("unshaped pod limited to %s on the wire", tputMbit(r.steady))
+		}
+		return nil
+	}
+	var errs []error
+	l := float64(r.limit)
+	if r.steady < 0.95*l || r.steady > 1.05*l {
+		errs = append(errs, fmt.Errorf("steady rate %s is not within 5%% of the limit %s", tputMbit(r.steady), tputMbit(l)))
+	}
+	if r.firstSecond > 1.5*l {
+		errs = append(errs, fmt.Errorf("first second %s is more than 1.5× the limit %s", tputMbit(r.firstSecond), tputMbit(l)))
+	}
+	return errors.Join(errs...)
+}
+
+// tputMeasure runs one iperf3 TCP flow of duration d between the host
+// (bound to gw) and pod p in direction dir, and measures it on the wire.
+// The server always runs in the pod (port 5201 of its own netns, so
+// nothing on the host can collide); the host's client sends (into the pod)
+// or receives with -R (out of the pod).
+func tputMeasure(p *tputPod, gw string, dir tputDir, d time.Duration) (tputResult, error) {
+	res := tputResult{pod: p.name, dir: dir, limit: p.limit(dir), duration: d}
+	read, dev, err := tputCounter(p, dir)
+	if err != nil {
+		return res, err
+	}
+	res.device = dev
+
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	const port = "5201"
+	server := exec.CommandContext(ctx, "nsenter", "--net="+p.netPin, "--", "iperf3", "-s", "-1", "-B", p.ip, "-p", port)
+	var serverOut strings.Builder
+	server.Stdout, server.Stderr = &serverOut, &serverOut
+	if err := server.Start(); err != nil {
+		return res, fmt.Errorf("start iperf3 server: %w", err)
+	}
+	defer func() { _ = server.Process.Kill(); _ = server.Wait() }()
+	if err := tputWaitListening(ctx, p.netPin, port); err != nil {
+		return res, fmt.Errorf("iperf3 server in %s: %w\n%s", p.name, err, serverOut.String())
+	}
+
+	var samples []tputSample
+	sampleErr := make(chan error, 1)
+	stopSampling := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			b, err := read()
+			if err != nil {
+				sampleErr <- err
+				return
+			}
+			samples = append(samples, tputSample{time.Now(), b})
+			select {
+			case <-stopSampling:
+				sampleErr <- nil
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	probes, err := tputStartProbes(p, gw, 2*time.Second)
+	if err != nil {
+		close(stopSampling)
+		<-sampleErr
+		return res, err
+	}
+	args := []string{"-c", p.ip, "-B", gw, "-p", port, "-J", "-t", fmt.Sprint(int(d.Round(time.Second) / time.Second))}
+	if dir == tputOutOfPod {
+		args = append(args, "-R")
+	}
+	out, runErr := exec.CommandContext(ctx, "iperf3", args...).Output()
+	res.rttMedian, res.rttMax, res.probesLost = probes.stop()
+	close(stopSampling)
+	if err := <-sampleErr; err != nil {
+		return res, fmt.Errorf("read the byte counter of %s: %w", dev, err)
+	}
+	var report struct {
+		Error string `json:"error"`
+		Start struct {
+			MSS int `json:"tcp_mss_default"`
+		} `json:"start"`
+		End struct {
+			Received struct {
+				BitsPerSec float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+			Sent struct {
+				Retransmits int `json:"retransmits"`
+			} `json:"sum_sent"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &report); err != nil || report.Error != "" || runErr != nil {
+		return res, fmt.Errorf("iperf3 client: %v %s %v\n%.2000s\nserver: %s", runErr, report.Error, err, out, serverOut.String())
+	}
+	if report.Start.MSS > 0 {
+		res.goodputWire = report.End.Received.BitsPerSec * float64(report.Start.MSS+66) / float64(report.Start.MSS)
+	}
+	res.retransmits = report.End.Sent.Retransmits
+	steadyFrom := 2 * time.Second
+	if d < 3*time.Second+steadyFrom/2 {
+		steadyFrom = time.Second
+	}
+	res.firstSecond, res.steady, err = tputWireRates(samples, d, steadyFrom)
+	return res, err
+}
+
+type tputSample struct {
+	at    time.Time
+	bytes uint64
+}
+
+// tputWireRates finds the flow's first byte in the samples (the sample
+// before the first one two frames above the idle baseline, so no burst can
+// hide before it) and returns the rate of the first second and of the
+// steady part, from steadyFrom to 250 ms before the flow's end.
+func tputWireRates(s []tputSample, d, steadyFrom time.Duration) (first, steady float64, err error) {
+	if len(s) < 3 {
+		return 0, 0, errors.New("too few counter samples")
+	}
+	base := s[0].bytes
+	start := -1
+	for i := range s {
+		if s[i].bytes-base >= 2*1514 {
+			start = max(i-1, 0)
+			break
+		}
+	}
+	if start < 0 {
+		return 0, 0, fmt.Errorf("no traffic seen (counter %d → %d)", base, s[len(s)-1].bytes)
+	}
+	t0 := s[start].at
+	at := func(t time.Time) (float64, error) {
+		for i := 1; i < len(s); i++ {
+			if !s[i].at.Before(t) {
+				a, b := s[i-1], s[i]
+				f := float64(t.Sub(a.at)) / float64(b.at.Sub(a.at))
+				return float64(a.bytes) + f*float64(b.bytes-a.bytes), nil
+			}
+		}
+		return 0, fmt.Errorf("the flow ended before %v", t.Sub(t0))
+	}
+	rate := func(from, to time.Duration) (float64, error) {
+		a, err := at(t0.Add(from))
+		if err != nil {
+			return 0, err
+		}
+		b, err := at(t0.Add(to))
+		if err != nil {
+			return 0, err
+		}
+		return (b - a) * 8 / (to - from).Seconds(), nil
+	}
+	if first, err = rate(0, time.Second); err != nil {
+		return 0, 0, err
+	}
+	steady, err = rate(steadyFrom, d-250*time.Millisecond)
+	return first, steady, err
+}
+
+// tputCounter returns a reader of the byte counter that sees direction dir
+// of pod p on the wire: the root tbf of the host veth (into the pod) or of
+// the IFB (out of it) when that direction is shaped, else the host veth's
+// own tx (into the pod) or rx (out of it) bytes. tbf counts on dequeue,
+// so its counter is what left the shaper.
+func tputCounter(p *tputPod, dir tputDir) (func() (uint64, error), string, error) {
+	dev := p.hostVeth
+	if dir == tputOutOfPod && p.egressBits > 0 {
+		dev = p.ifb
+	}
+	link, err := netlink.LinkByName(dev)
+	if err != nil {
+		return nil, "", err
+	}
+	if p.limit(dir) == 0 {
+		idx := link.Attrs().Index
+		return func() (uint64, error) {
+			l, err := netlink.LinkByIndex(idx)
+			if err != nil {
+				return 0, err
+			}
+			if dir == tputIntoPod {
+				return l.Attrs().Statistics.TxBytes, nil
+			}
+			return l.Attrs().Statistics.RxBytes, nil
+		}, dev + " (link)", nil
+	}
+	return func() (uint64, error) {
+		qdiscs, err := netlink.QdiscList(link)
+		if err != nil {
+			return 0, err
+		}
+		for _, q := range qdiscs {
+			a := q.Attrs()
+			if q.Type() == "tbf" && a.Parent == netlink.HANDLE_ROOT && a.Statistics != nil && a.Statistics.Basic != nil {
+				return a.Statistics.Basic.Bytes, nil
+			}
+		}
+		return 0, fmt.Errorf("no root tbf on %s", dev)
+	}, dev + " (tbf)", nil
+}
+
+// tputWaitListening polls until something listens on TCP port in the
+// network namespace pinned at pin.
+func tputWaitListening(ctx context.Context, pin, port string) error {
+	for {
+		out, err := exec.CommandContext(ctx, "nsenter", "--net="+pin, "--", "ss", "-Hltn", "sport = :"+port).Output()
+		if err == nil && strings.TrimSpace(string(out)) != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("nothing listens on port %s", port)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// tputProbes sends a small UDP datagram every 100 ms from the pod to an
+// echo socket on the host's gateway address and times the answers; under
+// load one of the two legs queues behind the flow.
+type tputProbes struct {
+	server, client net.PacketConn
+	done           chan struct{}
+	wg             sync.WaitGroup
+	mu             sync.Mutex
+	sent           int
+	rtts           []time.Duration
+}
+
+func tputStartProbes(p *tputPod, gw string, after time.Duration) (*tputProbes, error) {
+	server, err := net.ListenPacket("udp4", gw+":0")
+	if err != nil {
+		return nil, fmt.Errorf("echo socket: %w", err)
+	}
+	var client net.PacketConn
+	err = ns.WithNetNSPath(p.netPin, func(ns.NetNS) (err error) {
+		client, err = net.ListenPacket("udp4", p.ip+":0")
+		return err
+	})
+	if err != nil {
+		server.Close()
+		return nil, fmt.Errorf("probe socket in %s: %w", p.name, err)
+	}
+	r := &tputProbes{server: server, client: client, done: make(chan struct{})}
+	r.wg.Add(3)
+	go func() { // echo
+		defer r.wg.Done()
+		buf := make([]byte, 64)
+		for {
+			n, from, err := server.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = server.WriteTo(buf[:n], from)
+		}
+	}()
+	go func() { // answers
+		defer r.wg.Done()
+		buf := make([]byte, 64)
+		for {
+			n, _, err := client.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n == 8 {
+				rtt := time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(buf))))
+				r.mu.Lock()
+				r.rtts = append(r.rtts, rtt)
+				r.mu.Unlock()
+			}
+		}
+	}()
+	go func() { // probes, once the flow is under way
+		defer r.wg.Done()
+		select {
+		case <-r.done:
+			return
+		case <-time.After(after):
+		}
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
+			if _, err := client.WriteTo(b[:], server.LocalAddr()); err == nil {
+				r.mu.Lock()
+				r.sent++
+				r.mu.Unlock()
+			}
+			select {
+			case <-r.done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return r, nil
+}
+
+// stop waits briefly for late answers and returns the median and maximum
+// RTT and how many probes got no answer.
+func (r *tputProbes) stop() (median, maxRTT time.Duration, lost int) {
+	close(r.done)
+	time.Sleep(300 * time.Millisecond)
+	r.server.Close()
+	r.client.Close()
+	r.wg.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lost = r.sent - len(r.rtts)
+	if len(r.rtts) == 0 {
+		return 0, 0, lost
+	}
+	sort.Slice(r.rtts, func(i, j int) bool { return r.rtts[i] < r.rtts[j] })
+	return r.rtts[len(r.rtts)/2], r.rtts[len(r.rtts)-1], lost
+}
+
+func tputSysctl(path string) string {
+	b, _ := os.ReadFile(path)
+	return strings.TrimSpace(string(b))
+}
