@@ -129,12 +129,14 @@ func containerConfig(req *runtime.CreateContainerRequest) (*sandbox.ContainerCon
 		return nil, err
 	}
 	sec.Seccomp = seccomp
+	sec.SeccompRuntimeDefault = sc.GetSeccomp().GetProfileType() == runtime.SecurityProfile_RuntimeDefault
 	out.Security = sec
 	return out, nil
 }
 
 // seccompProfile loads a Localhost profile (runtime-spec JSON). Unconfined
-// and RuntimeDefault run without a filter for now.
+// runs without a filter; RuntimeDefault is built by the sandbox package
+// from the container's capabilities.
 func seccompProfile(p *runtime.SecurityProfile) (*specs.LinuxSeccomp, error) {
 	if p == nil || p.GetProfileType() != runtime.SecurityProfile_Localhost {
 		return nil, nil

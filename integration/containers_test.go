@@ -449,3 +449,24 @@ func TestImportedOCIArchiveRunsAContainer(t *testing.T) {
 	}
 	d.stopRemove(t, pod)
 }
+
+func TestSeccompRuntimeDefaultFiltersAndUnconfinedDoesNot(t *testing.T) {
+	d, _, _ := containerDaemon(t)
+	cfg := podConfig("seccomp")
+	pod := d.runPod(t, cfg)
+	run := func(name string, prof runtime.SecurityProfile_ProfileType, script string) *runtime.ContainerStatus {
+		c := busyboxContainer(name, "sh", "-c", script)
+		c.Linux.SecurityContext = &runtime.LinuxContainerSecurityContext{Seccomp: &runtime.SecurityProfile{ProfileType: prof}}
+		id := d.createContainer(t, pod, cfg, c)
+		d.startContainer(t, id)
+		return d.waitExited(t, id, 15*time.Second)
+	}
+	// Filter mode 2 and unshare refused under RuntimeDefault.
+	if st := run("default", runtime.SecurityProfile_RuntimeDefault, `grep -q '^Seccomp:.*2' /proc/self/status || exit 10; unshare -n true 2>/dev/null && exit 11; exit 0`); st.ExitCode != 0 {
+		t.Errorf("RuntimeDefault: exit %d (10: no filter, 11: unshare allowed)", st.ExitCode)
+	}
+	if st := run("unconfined", runtime.SecurityProfile_Unconfined, `grep -q '^Seccomp:.*0' /proc/self/status || exit 10; exit 0`); st.ExitCode != 0 {
+		t.Errorf("Unconfined: exit %d (10: a filter is installed)", st.ExitCode)
+	}
+	d.stopRemove(t, pod)
+}

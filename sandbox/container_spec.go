@@ -78,6 +78,9 @@ func shimSpec(sb *Sandbox, c *Container, img image.Image, rootfs string) (shim.C
 	if sb.Cgroup != nil {
 		spec.CgroupPath = filepath.Join(sb.Cgroup.PodPath, c.ID)
 	}
+	if cfg.Security.SeccompRuntimeDefault && !cfg.Security.Privileged && spec.Seccomp == nil {
+		spec.Seccomp = runtimeDefaultSeccomp(spec.Capabilities)
+	}
 	return spec, nil
 }
 

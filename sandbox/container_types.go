@@ -37,8 +37,11 @@ type ContainerSecurity struct {
 	MaskedPaths   []string            `json:"maskedPaths"`
 	ReadonlyPaths []string            `json:"readonlyPaths"`
 	Seccomp       *specs.LinuxSeccomp `json:"seccomp,omitempty"`
-	PIDMode       NamespaceMode       `json:"pidMode,omitempty"`
-	TargetID      string              `json:"targetId,omitempty"`
+	// SeccompRuntimeDefault asks for peapod's default profile, built for the
+	// container's final capabilities.
+	SeccompRuntimeDefault bool          `json:"seccompRuntimeDefault,omitempty"`
+	PIDMode               NamespaceMode `json:"pidMode,omitempty"`
+	TargetID              string        `json:"targetId,omitempty"`
 }
 
 // ContainerConfig is a validated CreateContainer request.
