@@ -12,6 +12,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"peapod/image"
+	"peapod/sandbox"
 )
 
 func (s *Server) imagesOrError() error {
@@ -145,5 +146,20 @@ func (s *Server) ImageFsInfo(ctx context.Context, req *runtime.ImageFsInfoReques
 		UsedBytes:  &runtime.UInt64Value{Value: bytes},
 		InodesUsed: &runtime.UInt64Value{Value: inodes},
 	}
-	return &runtime.ImageFsInfoResponse{ImageFilesystems: []*runtime.FilesystemUsage{fs}, ContainerFilesystems: []*runtime.FilesystemUsage{fs}}, nil
+	// Containers' writable layers live beside the images; count them
+	// separately so the kubelet's eviction sees what containers wrote.
+	var cBytes, cInodes uint64
+	for _, c := range s.sandboxes.ListContainers(ctx, sandbox.ContainerFilter{}) {
+		if b, i, err := s.images.WritableLayerUsage(c.ID); err == nil {
+			cBytes += b
+			cInodes += i
+		}
+	}
+	cfs := &runtime.FilesystemUsage{
+		Timestamp:  now,
+		FsId:       &runtime.FilesystemIdentifier{Mountpoint: mp},
+		UsedBytes:  &runtime.UInt64Value{Value: cBytes},
+		InodesUsed: &runtime.UInt64Value{Value: cInodes},
+	}
+	return &runtime.ImageFsInfoResponse{ImageFilesystems: []*runtime.FilesystemUsage{fs}, ContainerFilesystems: []*runtime.FilesystemUsage{cfs}}, nil
 }
