@@ -78,7 +78,7 @@ type tputResult struct {
 	probesLost          int
 }
 
-const tputTableHeader = "pod            limit     direction   counter of       steady (wire)       first second       goodput→wire  retr  rtt-med  rtt-max lost  dur"
+const tputTableHeader = "pod            limit     direction   counter of             steady (wire)       first second       goodput→wire  retr  rtt-med  rtt-max lost  dur"
 
 func (r tputResult) row() string {
 	limit, steady, first := "none", tputMbit(r.steady), tputMbit(r.firstSecond)
@@ -88,7 +88,7 @@ func (r tputResult) row() string {
 		steady += fmt.Sprintf(" (%+.1f%%)", (r.steady/l-1)*100)
 		first += fmt.Sprintf(" (%.2f×)", r.firstSecond/l)
 	}
-	return fmt.Sprintf("%-14s %-9s %-11s %-16s %-19s %-18s %-13s %4d %8s %8s %4d %3.0fs",
+	return fmt.Sprintf("%-14s %-9s %-11s %-22s %-19s %-18s %-13s %4d %8s %8s %4d %3.0fs",
 		r.pod, limit, r.dir, r.device, steady, first, tputMbit(r.goodputWire), r.retransmits,
 		r.rttMedian.Round(10*time.Microsecond), r.rttMax.Round(10*time.Microsecond), r.probesLost, r.duration.Seconds())
 }
