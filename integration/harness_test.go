@@ -322,25 +322,28 @@ type hostSnapshot map[string][]string
 func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 	t.Helper()
 	s := hostSnapshot{}
-	// Links and qdiscs, host-wide: pods leak veths and IFBs here. The
-	// instance's bridge is created on first use and kept, so it is skipped.
+	// Links and qdiscs of this instance: veths enslaved to its bridge and
+	// IFBs named with its tag. (Scoped, because other peapods may run on
+	// the host at the same time.)
+	tag := d.instanceTag(t)
+	var links []string
 	for _, l := range strings.Split(run(t, "ip", "-o", "link", "show"), "\n") {
 		f := strings.Fields(l)
 		if len(f) < 2 {
 			continue
 		}
 		name := strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]
-		if name == d.Bridge || !isPodLink(name) {
-			continue
+		ours := strings.HasPrefix(name, "pp"+tag) || (strings.HasPrefix(name, "veth") && strings.Contains(l, " master "+d.Bridge+" "))
+		if ours {
+			links = append(links, name)
 		}
-		s["link"] = append(s["link"], name)
 	}
-	for _, l := range strings.Split(run(t, "tc", "qdisc", "show"), "\n") {
-		if strings.Contains(l, "dev "+d.Bridge+" ") {
-			continue
-		}
-		if strings.Contains(l, "dev veth") || strings.Contains(l, "dev pp") {
-			s["qdisc"] = append(s["qdisc"], l)
+	s["link"] = links
+	for _, name := range links {
+		for _, q := range strings.Split(run(t, "tc", "qdisc", "show", "dev", name), "\n") {
+			if strings.TrimSpace(q) != "" {
+				s["qdisc"] = append(s["qdisc"], q)
+			}
 		}
 	}
 	// Mounts under the instance's dirs: pins and shm.
@@ -352,12 +355,12 @@ func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 		}
 	}
 	// Cgroup dirs under the instance's default parent, in every hierarchy.
-	tag := d.cgroupParent(t)
+	parent := d.cgroupParent(t)
 	_ = filepath.Walk("/sys/fs/cgroup", func(p string, info os.FileInfo, err error) error {
 		if err != nil || !info.IsDir() {
 			return nil
 		}
-		if strings.Contains(p, tag+"/") {
+		if strings.Contains(p, parent+"/") {
 			s["cgroup"] = append(s["cgroup"], p)
 		}
 		return nil
@@ -387,8 +390,20 @@ func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 	return s
 }
 
-func isPodLink(name string) bool {
-	return strings.HasPrefix(name, "veth") || strings.HasPrefix(name, "pp")
+// instanceTag reads the instance's tag from Status.
+func (d *daemon) instanceTag(t testing.TB) string {
+	resp, err := d.RT.Status(ctxT(t), &runtime.StatusRequest{Verbose: true})
+	if err != nil {
+		t.Fatalf("Status: %v", err)
+	}
+	var cfg struct {
+		InstanceTag string `json:"instanceTag"`
+	}
+	_ = json.Unmarshal([]byte(resp.Info["config"]), &cfg)
+	if cfg.InstanceTag == "" {
+		t.Fatalf("Status verbose info lacks instanceTag: %v", resp.Info)
+	}
+	return cfg.InstanceTag
 }
 
 // cgroupParent reads the instance's default cgroup parent from Status.

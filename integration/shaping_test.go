@@ -26,13 +26,15 @@ func shapedPod(name, ingress, egress string) *runtime.PodSandboxConfig {
 	return cfg
 }
 
-// ifbsOf lists the IFB devices on the host.
-func ifbs(t testing.TB) []string {
+// ifbs lists the IFB devices on the host whose name marks them as made by
+// peapod (other tests and benches on the host may add their own).
+func (d *daemon) ifbs(t testing.TB) []string {
+	prefix := "pp" + d.instanceTag(t)
 	out := run(t, "ip", "-o", "link", "show", "type", "ifb")
 	var names []string
 	for _, l := range strings.Split(out, "\n") {
 		f := strings.Fields(l)
-		if len(f) > 1 {
+		if len(f) > 1 && strings.HasPrefix(f[1], prefix) {
 			names = append(names, strings.TrimSuffix(f[1], ":"))
 		}
 	}
@@ -65,7 +67,7 @@ func TestShapedPodGetsTbfOnVethAndIFBAndLosesThemOnRemoval(t *testing.T) {
 		t.Errorf("shaping sits inside the pod where CAP_NET_ADMIN could remove it:\n%s", inside)
 	}
 	d.stopRemove(t, id)
-	for _, name := range ifbs(t) {
+	for _, name := range d.ifbs(t) {
 		if name == v.Bandwidth.IFB {
 			t.Errorf("IFB %s left after removal", name)
 		}
@@ -81,7 +83,7 @@ func mustOut(cmd *exec.Cmd) []byte {
 func TestBadBandwidthValuesAreInvalidArgumentAndLeakNothing(t *testing.T) {
 	d := startDaemon(t)
 	before := d.snapshot(t)
-	ifbBefore := ifbs(t)
+	ifbBefore := d.ifbs(t)
 	for _, bad := range []string{"abc", "-1M", "0", "2P", "1", strings.Repeat("9", 10<<10), "10M ", "1e400"} {
 		for _, dir := range []string{"ingress", "egress"} {
 			cfg := podConfig("badbw")
@@ -101,7 +103,7 @@ func TestBadBandwidthValuesAreInvalidArgumentAndLeakNothing(t *testing.T) {
 	if _, err := d.RT.RunPodSandbox(ctxT(t), &runtime.RunPodSandboxRequest{Config: hostNet}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("hostNetwork pod with bandwidth: %v, want InvalidArgument", err)
 	}
-	if got := ifbs(t); len(got) != len(ifbBefore) {
+	if got := d.ifbs(t); len(got) != len(ifbBefore) {
 		t.Errorf("IFBs before %v, after %v", ifbBefore, got)
 	}
 	assertNoLeaks(t, before, d.snapshot(t))
@@ -138,12 +140,12 @@ func TestShapedPodCyclesLeaveNoIFBQdiscOrFilter(t *testing.T) {
 	warm := d.runPod(t, shapedPod("warm", "10M", "10M"))
 	d.stopRemove(t, warm)
 	before := d.snapshot(t)
-	ifbBefore := ifbs(t)
+	ifbBefore := d.ifbs(t)
 	for i := 0; i < 100; i++ {
 		id := d.runPod(t, shapedPod(fmt.Sprintf("bwcycle-%d", i), "5M", "7M"))
 		d.stopRemove(t, id)
 	}
-	if got := ifbs(t); len(got) != len(ifbBefore) {
+	if got := d.ifbs(t); len(got) != len(ifbBefore) {
 		t.Errorf("IFBs before %v, after %v", ifbBefore, got)
 	}
 	assertNoLeaks(t, before, d.snapshot(t))
@@ -159,7 +161,7 @@ func TestKill9DuringShapedTeardownLeavesNothing(t *testing.T) {
 	warm := d.runPod(t, podConfig("warm"))
 	d.stopRemove(t, warm)
 	before := d.snapshot(t)
-	ifbBefore := ifbs(t)
+	ifbBefore := d.ifbs(t)
 	id := d.runPod(t, shapedPod("dying", "10M", "5M"))
 	_, v := d.status(t, id)
 	go func() {
@@ -169,7 +171,7 @@ func TestKill9DuringShapedTeardownLeavesNothing(t *testing.T) {
 	d.kill9()
 	time.Sleep(2 * time.Second)
 	d.start()
-	for _, name := range ifbs(t) {
+	for _, name := range d.ifbs(t) {
 		if name == v.Bandwidth.IFB {
 			t.Errorf("IFB %s still there after restart", name)
 		}
@@ -181,7 +183,7 @@ func TestKill9DuringShapedTeardownLeavesNothing(t *testing.T) {
 	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtime.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
 		t.Fatal(err)
 	}
-	if got := ifbs(t); len(got) != len(ifbBefore) {
+	if got := d.ifbs(t); len(got) != len(ifbBefore) {
 		t.Errorf("IFBs before %v, after %v", ifbBefore, got)
 	}
 	assertNoLeaks(t, before, d.snapshot(t))

@@ -103,7 +103,7 @@ func summarize(reportPath string, filters []filter, focus string) (*summary, err
 				if sp.Failure.Location.FileName != "" {
 					loc = fmt.Sprintf(" (%s:%d)", shortPath(sp.Failure.Location.FileName), sp.Failure.Location.LineNumber)
 				}
-				s.failures = append(s.failures, fmt.Sprintf("%s\n      %s: %s%s", sp.title(), sp.State, firstLine(sp.Failure.Message), loc))
+				s.failures = append(s.failures, fmt.Sprintf("%s\n      %s%s: %s", sp.title(), sp.State, loc, failureText(sp.Failure.Message)))
 			case sp.State == "pending":
 				s.pending++
 			case sp.State == "skipped" && sp.Failure.Message != "":
@@ -133,16 +133,16 @@ func summarize(reportPath string, filters []filter, focus string) (*summary, err
 func (s *summary) ok() bool { return s.failed == 0 && len(s.suiteProblems) == 0 && s.ran > 0 }
 
 func (s *summary) write(w *strings.Builder, filters []filter) {
-	fmt.Fprintf(w, "critest: %d specs ran in %s: %d passed, %d failed, %d skipped by the spec itself",
-		s.ran, s.elapsed.Round(time.Second), s.passed, s.failed, s.skipped)
-	if s.pending > 0 {
-		fmt.Fprintf(w, ", %d pending", s.pending)
-	}
 	nf := 0
 	for _, v := range s.filtered {
 		nf += len(v)
 	}
-	fmt.Fprintf(w, "; %d not run\n", nf)
+	fmt.Fprintf(w, "critest: %d specs, suite time %s\n", s.ran+s.pending+nf, s.elapsed.Round(time.Second))
+	fmt.Fprintf(w, "  passed  %4d\n  failed  %4d\n  skipped %4d  (by the spec itself at run time; reasons below)\n  not run %4d  (left out by a filter; below)\n",
+		s.passed, s.failed, s.skipped, nf)
+	if s.pending > 0 {
+		fmt.Fprintf(w, "  pending %4d\n", s.pending)
+	}
 	for _, p := range s.suiteProblems {
 		fmt.Fprintf(w, "SUITE PROBLEM: %s\n", p)
 	}
@@ -192,8 +192,29 @@ func firstLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		s = s[:i] + " …"
 	}
-	if len(s) > 300 {
-		s = s[:300] + " …"
+	return clip(s, 300)
+}
+
+// failureText makes one line of a gomega failure: its first lines up to a
+// dump, without pointer noise, and the gRPC error when there is one.
+func failureText(msg string) string {
+	var parts []string
+	for i, l := range strings.Split(strings.TrimSpace(msg), "\n") {
+		l = strings.TrimSpace(l)
+		if i >= 6 || l == "{" || strings.HasPrefix(l, "s: {") {
+			break
+		}
+		if l == "" || (strings.HasPrefix(l, "<*") && strings.HasSuffix(l, ":")) {
+			continue
+		}
+		parts = append(parts, l)
+	}
+	return clip(strings.Join(strings.Fields(strings.Join(parts, " ")), " "), 400)
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + " …"
 	}
 	return s
 }

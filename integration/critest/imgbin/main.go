@@ -65,7 +65,7 @@ func nginx() int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGINT, syscall.SIGHUP)
 	child := exec.Command("/bin/httpd", "-f", "-v", "-p", "0.0.0.0:"+port, "-h", root)
-	child.Stdout, child.Stderr = os.Stdout, os.Stderr
+	child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
 	fmt.Fprintf(os.Stderr, "nginx: pid %d, serving %s on 0.0.0.0:%s with busybox httpd\n", os.Getpid(), root, port)
 	if err := child.Start(); err != nil {
 		fmt.Fprintf(os.Stderr, "nginx: start httpd: %v\n", err)
