@@ -129,7 +129,9 @@ func containerConfig(req *runtime.CreateContainerRequest) (*sandbox.ContainerCon
 		return nil, err
 	}
 	sec.Seccomp = seccomp
-	sec.SeccompRuntimeDefault = sc.GetSeccomp().GetProfileType() == runtime.SecurityProfile_RuntimeDefault
+	// A nil profile is unconfined; an empty one is RuntimeDefault (the
+	// enum's zero value), as the kubelet and critest send them.
+	sec.SeccompRuntimeDefault = sc.GetSeccomp() != nil && sc.GetSeccomp().GetProfileType() == runtime.SecurityProfile_RuntimeDefault
 	out.Security = sec
 	return out, nil
 }

@@ -78,8 +78,11 @@ func shimSpec(sb *Sandbox, c *Container, img image.Image, rootfs string) (shim.C
 	if sb.Cgroup != nil {
 		spec.CgroupPath = filepath.Join(sb.Cgroup.PodPath, c.ID)
 	}
-	if cfg.Security.SeccompRuntimeDefault && !cfg.Security.Privileged && spec.Seccomp == nil {
+	if cfg.Security.SeccompRuntimeDefault && spec.Seccomp == nil {
 		spec.Seccomp = runtimeDefaultSeccomp(spec.Capabilities)
+	}
+	if cfg.Security.Privileged {
+		spec.Seccomp = nil // privileged containers run unconfined
 	}
 	return spec, nil
 }
