@@ -106,7 +106,11 @@ func containerConfig(req *runtime.CreateContainerRequest) (*sandbox.ContainerCon
 		v := sc.GetRunAsGroup().GetValue()
 		sec.RunAsGroup = &v
 	}
+	if sc.GetRunAsGroup() != nil && sc.GetRunAsUser() == nil && sc.GetRunAsUsername() == "" {
+		return nil, invalid("run_as_group is set without run_as_user or run_as_username")
+	}
 	sec.SupplementalGroups = sc.GetSupplementalGroups()
+	sec.StrictSupplementalGroups = sc.GetSupplementalGroupsPolicy() == runtime.SupplementalGroupsPolicy_Strict
 	if len(sc.GetMaskedPaths()) > 0 {
 		sec.MaskedPaths = sc.GetMaskedPaths()
 	}
@@ -320,6 +324,13 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStat
 		Annotations: c.Config.Annotations,
 		LogPath:     c.LogPath,
 		Resources:   crResources(c.Resources),
+	}
+	if c.User != nil {
+		lu := &runtime.LinuxContainerUser{Uid: int64(c.User.UID), Gid: int64(c.User.GID)}
+		for _, g := range c.User.Groups {
+			lu.SupplementalGroups = append(lu.SupplementalGroups, int64(g))
+		}
+		st.User = &runtime.ContainerUser{Linux: lu}
 	}
 	for _, m := range c.Config.Mounts {
 		prop := runtime.MountPropagation_PROPAGATION_PRIVATE

@@ -151,8 +151,10 @@ func resolveUser(rootfs string, sec ContainerSecurity, imageUser string) (shim.U
 		return shim.User{}, fmt.Errorf("%w: user %q: %v", ErrInvalid, spec, err)
 	}
 	u := shim.User{UID: uint32(eu.Uid), GID: uint32(eu.Gid)}
-	for _, g := range eu.Sgids {
-		u.AdditionalGIDs = append(u.AdditionalGIDs, uint32(g))
+	if !sec.StrictSupplementalGroups {
+		for _, g := range eu.Sgids {
+			u.AdditionalGIDs = append(u.AdditionalGIDs, uint32(g))
+		}
 	}
 	for _, g := range sec.SupplementalGroups {
 		u.AdditionalGIDs = append(u.AdditionalGIDs, uint32(g))

@@ -24,15 +24,18 @@ type ContainerDevice struct {
 
 // ContainerSecurity is the validated security context of a container.
 type ContainerSecurity struct {
-	RunAsUser          *int64   `json:"runAsUser,omitempty"`
-	RunAsUsername      string   `json:"runAsUsername,omitempty"`
-	RunAsGroup         *int64   `json:"runAsGroup,omitempty"`
-	SupplementalGroups []int64  `json:"supplementalGroups,omitempty"`
-	Privileged         bool     `json:"privileged,omitempty"`
-	NoNewPrivs         bool     `json:"noNewPrivs,omitempty"`
-	ReadonlyRootfs     bool     `json:"readonlyRootfs,omitempty"`
-	AddCapabilities    []string `json:"addCapabilities,omitempty"`
-	DropCapabilities   []string `json:"dropCapabilities,omitempty"`
+	RunAsUser          *int64  `json:"runAsUser,omitempty"`
+	RunAsUsername      string  `json:"runAsUsername,omitempty"`
+	RunAsGroup         *int64  `json:"runAsGroup,omitempty"`
+	SupplementalGroups []int64 `json:"supplementalGroups,omitempty"`
+	// StrictSupplementalGroups leaves out the groups the image's
+	// /etc/group gives the user (CRI SupplementalGroupsPolicy Strict).
+	StrictSupplementalGroups bool     `json:"strictSupplementalGroups,omitempty"`
+	Privileged               bool     `json:"privileged,omitempty"`
+	NoNewPrivs               bool     `json:"noNewPrivs,omitempty"`
+	ReadonlyRootfs           bool     `json:"readonlyRootfs,omitempty"`
+	AddCapabilities          []string `json:"addCapabilities,omitempty"`
+	DropCapabilities         []string `json:"dropCapabilities,omitempty"`
 	// MaskedPaths/ReadonlyPaths: nil means the runtime's defaults.
 	MaskedPaths   []string            `json:"maskedPaths"`
 	ReadonlyPaths []string            `json:"readonlyPaths"`
@@ -95,6 +98,8 @@ type Container struct {
 	Pid         int             `json:"pid,omitempty"`
 	Resources   *specs.LinuxResources
 	RootfsReady bool `json:"rootfsReady,omitempty"`
+	// User is who the container's init runs as, resolved at creation.
+	User *ContainerUser `json:"user,omitempty"`
 }
 
 // ContainerFilter selects containers in ListContainers.
@@ -103,4 +108,11 @@ type ContainerFilter struct {
 	SandboxID string
 	State     *ContainerState
 	Selector  map[string]string
+}
+
+// ContainerUser is the resolved identity of a container's processes.
+type ContainerUser struct {
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups,omitempty"`
 }

@@ -220,6 +220,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 	if err != nil {
 		return "", err
 	}
+	c.User = &ContainerUser{UID: spec.User.UID, GID: spec.User.GID, Groups: append([]uint32{spec.User.GID}, spec.User.AdditionalGIDs...)}
 	if c.LogPath != "" {
 		if err := os.MkdirAll(filepath.Dir(c.LogPath), 0o755); err != nil {
 			return "", fmt.Errorf("log directory: %w", err)
