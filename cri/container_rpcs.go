@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"peapod/sandbox"
@@ -67,6 +69,12 @@ func containerConfig(req *runtime.CreateContainerRequest) (*sandbox.ContainerCon
 		out.Env = append(out.Env, kv.GetKey()+"="+string(kv.GetValue()))
 	}
 	for _, m := range cfg.GetMounts() {
+		if m.GetImage().GetImage() != "" {
+			return nil, status.Errorf(codes.Unimplemented, "mount %q: image volumes are not supported by peapod yet", m.GetContainerPath())
+		}
+		if m.GetRecursiveReadOnly() {
+			return nil, invalid("mount %q: recursive read-only mounts are not supported by peapod yet", m.GetContainerPath())
+		}
 		if !filepath.IsAbs(m.GetContainerPath()) || !filepath.IsAbs(m.GetHostPath()) {
 			return nil, invalid("mount %q -> %q: both paths must be absolute", m.GetHostPath(), m.GetContainerPath())
 		}

@@ -40,7 +40,7 @@ func (s *Server) Status(ctx context.Context, req *runtime.StatusRequest) (*runti
 			{Name: "", Features: &runtime.RuntimeHandlerFeatures{}},
 			{Name: runtimeName, Features: &runtime.RuntimeHandlerFeatures{}},
 		},
-		Features: &runtime.RuntimeFeatures{},
+		Features: &runtime.RuntimeFeatures{SupplementalGroupsPolicy: true},
 	}
 	if req.GetVerbose() {
 		details := map[string]any{"network": s.network.Describe()}
