@@ -56,6 +56,7 @@ type benchEnv struct {
 
 type options struct {
 	pods, running, shapingPairs, cniFloor int
+	containerPods, pulls                  int // container section (containers.go); 0 pods: skip
 	skipPeapod, skipContainerd            bool
 }
 
@@ -76,6 +77,8 @@ func realMain() int {
 	flag.IntVar(&opts.running, "running", 20, "sandboxes running while their memory is read (0: skip)")
 	flag.IntVar(&opts.shapingPairs, "shaping-pods", 15, "pods with and pods without bandwidth annotations for the shaping cost (0: skip)")
 	flag.IntVar(&opts.cniFloor, "cni-floor", 20, "attachments for the time of the CNI plugins alone (0: skip)")
+	flag.IntVar(&opts.containerPods, "container-pods", 30, "pods with a busybox container per runtime for the container section (0: skip the section)")
+	flag.IntVar(&opts.pulls, "pulls", 5, "timed pulls of the 5-layer image per runtime, each after RemoveImage")
 	flag.BoolVar(&opts.skipContainerd, "skip-containerd", false, "measure peapod only")
 	flag.BoolVar(&opts.skipPeapod, "skip-peapod", false, "measure containerd only")
 	timeout := flag.Duration("timeout", 10*time.Minute, "give up (and clean up) after this long")
@@ -85,8 +88,8 @@ func realMain() int {
 		fmt.Fprintln(os.Stderr, "bench: needs root (namespaces, cgroups, bridges, iptables)")
 		return 2
 	}
-	if opts.pods < 1 || opts.running < 0 || opts.shapingPairs < 0 || opts.cniFloor < 0 {
-		fmt.Fprintln(os.Stderr, "bench: -pods must be at least 1, -running, -shaping-pods and -cni-floor at least 0")
+	if opts.pods < 1 || opts.running < 0 || opts.shapingPairs < 0 || opts.cniFloor < 0 || opts.containerPods < 0 || opts.pulls < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -pods and -pulls must be at least 1, -running, -shaping-pods, -cni-floor and -container-pods at least 0")
 		return 2
 	}
 	if opts.skipPeapod && opts.skipContainerd {
@@ -252,6 +255,11 @@ func benchPeapod(ctx context.Context, env *benchEnv, opts options, namer *podNam
 	if rep.peapod.life, err = benchLifecycle(ctx, t, namer, opts.pods, opts.running); err != nil {
 		return err
 	}
+	if opts.containerPods > 0 {
+		if rep.peapod.containers, err = benchContainers(ctx, env, t, namer, opts, cl); err != nil {
+			return err
+		}
+	}
 	if opts.shapingPairs > 0 {
 		progress("peapod", "RunPodSandbox × %d with and × %d without bandwidth annotations", opts.shapingPairs, opts.shapingPairs)
 		if rep.shaping, err = benchShaping(ctx, t, namer, opts.shapingPairs); err != nil {
@@ -276,7 +284,10 @@ func benchContainerd(ctx context.Context, env *benchEnv, opts options, namer *po
 	if out, err := exec.Command(env.runcBin, "--version").Output(); err == nil {
 		rep.containerd.version += " + " + strings.SplitN(string(out), "\n", 2)[0]
 	}
-	rep.containerd.life, err = benchLifecycle(ctx, t, namer, opts.pods, opts.running)
+	if rep.containerd.life, err = benchLifecycle(ctx, t, namer, opts.pods, opts.running); err != nil || opts.containerPods == 0 {
+		return err
+	}
+	rep.containerd.containers, err = benchContainers(ctx, env, t, namer, opts, cl)
 	return err
 }
 

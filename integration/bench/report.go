@@ -138,6 +138,7 @@ type runtimeReport struct {
 	life       *lifecycle
 	pauseBytes int64
 	pauseFrom  string
+	containers *containerResult // containers.go
 }
 
 func (r *runtimeReport) durations(rpc string) []time.Duration {
@@ -215,6 +216,7 @@ func (rep *report) write(w io.Writer, opts options) {
 		}
 	}
 	main.write(w)
+	writeContainers(w, rep, opts)
 
 	if f := rep.cniFloor; f != nil {
 		ft := &table{
