@@ -62,3 +62,58 @@ install: build
 
 clean:
 	rm -rf $(BIN) pause/embedded/pause.bin
+
+# critest, the CRI conformance suite (validation specs), against a private
+# peapod, offline: images built and served in-process, see integration/critest.
+# critest is a Go test binary (go test -c), it cannot be go-installed.
+CRITEST_SRC      = $(shell $(GO) env GOMODCACHE)/sigs.k8s.io/cri-tools@$(CRI_TOOLS)
+CRITEST_FLAGS   ?=
+.PHONY: critest critest-bin
+
+critest: build critest-bin $(BIN)/cache/busybox
+	$(GO) run ./integration/critest -peapod $(BIN)/peapod -critest $(BIN)/tools/critest \
+		-busybox $(BIN)/cache/busybox -cni-bin-dir $(BIN)/cni -logs $(BIN)/critest-logs $(CRITEST_FLAGS)
+
+critest-bin: $(BIN)/tools/critest
+
+# With the ginkgo CLI of the same module graph, for CRITEST_FLAGS=-parallel=N.
+$(BIN)/tools/critest:
+	@mkdir -p $(BIN)/tools
+	cd / && GOFLAGS= GOWORK=off $(GO) mod download sigs.k8s.io/cri-tools@$(CRI_TOOLS)
+	cd $(CRITEST_SRC) && GOFLAGS=-mod=readonly GOWORK=off CGO_ENABLED=0 $(GO) build -o $(BIN)/tools/ginkgo github.com/onsi/ginkgo/v2/ginkgo
+	cd $(CRITEST_SRC) && GOFLAGS=-mod=readonly GOWORK=off CGO_ENABLED=0 $(GO) test -c -o $@ \
+		-ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRI_TOOLS:v%=%)" ./cmd/critest
+
+# Static busybox with its default config, for critest's images; built once.
+$(BIN)/cache/busybox:
+	integration/critest/build-busybox.sh $@
+
+# cgroup v2 tests in a qemu VM (TCG): Debian bookworm image with Debian's
+# kernel, cached in bin/cache/vm; test binaries shared in with 9p, run in one
+# boot. See integration/vm/README.md.
+VM_CACHE        := $(BIN)/cache/vm
+.PHONY: vm-test vm-deps vm-image vm-bins vm-shell
+
+vm-test: build tools vm-bins vm-image
+	integration/vm/run.sh
+
+vm-deps:
+	@command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null && \
+	command -v debootstrap >/dev/null && command -v mkfs.ext4 >/dev/null || \
+	{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+		qemu-system-x86 qemu-utils debootstrap e2fsprogs; }
+
+vm-image: vm-deps
+	integration/vm/build-image.sh $(VM_CACHE)
+
+# sandbox needs cgo (runc's specconv): built here, bookworm's glibc as in the
+# VM. The pause test builds pause itself: warm the VM's Go cache for it.
+vm-bins: pause
+	@mkdir -p $(BIN)/vm
+	for p in cgroups pause netns; do CGO_ENABLED=0 $(GO) test -c -o $(BIN)/vm/$$p.test ./$$p || exit 1; done
+	CGO_ENABLED=1 $(GO) test -c -tags "$(PEAPOD_TAGS)" -o $(BIN)/vm/sandbox.test ./sandbox
+	cd pause && GOCACHE=$(VM_CACHE)/gocache GOFLAGS=-buildvcs=false CGO_ENABLED=0 \
+		$(GO) build -trimpath -ldflags "-s -w" -o /dev/null .
+
+vm-shell: vm-image
+	integration/vm/run.sh --shell

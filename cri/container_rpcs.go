@@ -104,7 +104,7 @@ func containerConfig(req *runtime.CreateContainerRequest) (*sandbox.ContainerCon
 		ReadonlyRootfs:   sc.GetReadonlyRootfs(),
 		AddCapabilities:  sc.GetCapabilities().GetAddCapabilities(),
 		DropCapabilities: sc.GetCapabilities().GetDropCapabilities(),
-		PIDMode:          sandbox.ModeContainer,
+		PIDMode:          sandbox.ModePod, // CRI's zero value
 	}
 	if sc.GetRunAsUser() != nil {
 		v := sc.GetRunAsUser().GetValue()

@@ -61,9 +61,10 @@ func specFromRequest(req *runtime.RunPodSandboxRequest) (*sandbox.Spec, error) {
 		Labels:         cfg.GetLabels(),
 		Annotations:    cfg.GetAnnotations(),
 		RuntimeHandler: req.GetRuntimeHandler(),
-		NetworkMode:    sandbox.ModePod,
-		PIDMode:        sandbox.ModeContainer,
-		IPCMode:        sandbox.ModePod,
+		// CRI's zero value for every namespace mode is POD.
+		NetworkMode: sandbox.ModePod,
+		PIDMode:     sandbox.ModePod,
+		IPCMode:     sandbox.ModePod,
 	}
 	if err := checkHostname(spec.Hostname); err != nil {
 		return nil, err

@@ -106,8 +106,13 @@ func (s *Store) prepareRootfsLocked(dir, imageID string, diffIDs []string) (root
 			return rec, fmt.Errorf("layer sha256:%s of image %s is not in the store (image removed?)", d, imageID)
 		}
 	}
-	for _, d := range []string{"upper", "work", "merged"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+	// The overlay's root directory takes the upper dir's mode: it must be
+	// 0755 or users other than root cannot reach anything in the container.
+	for d, mode := range map[string]os.FileMode{"upper": 0o755, "work": 0o700, "merged": 0o755} {
+		if err := os.MkdirAll(filepath.Join(dir, d), mode); err != nil {
+			return rec, err
+		}
+		if err := os.Chmod(filepath.Join(dir, d), mode); err != nil {
 			return rec, err
 		}
 	}

@@ -97,7 +97,7 @@ func TestContainersOfAPodShareFilesNetworkAndLogs(t *testing.T) {
 	sid := d.createContainer(t, pod, podCfg, server)
 	d.startContainer(t, sid)
 
-	client := busyboxContainer("client", "sh", "-c", "echo from-client > /shared/written; sleep 1; echo over-localhost | nc 127.0.0.1 7070; exit 3")
+	client := busyboxContainer("client", "sh", "-c", "echo from-client > /shared/written; for i in $(seq 100); do echo over-localhost | nc 127.0.0.1 7070 && exit 3; sleep 0.1; done; exit 9")
 	client.Mounts = []*runtime.Mount{{HostPath: shared, ContainerPath: "/shared"}}
 	cid := d.createContainer(t, pod, podCfg, client)
 	d.startContainer(t, cid)

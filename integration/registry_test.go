@@ -80,7 +80,7 @@ func busyboxImage(t testing.TB, cfg func(*v1.Config)) v1.Image {
 		dir(d)
 	}
 	file("bin/busybox", 0o755, bb)
-	for _, a := range []string{"sh", "sleep", "echo", "cat", "ls", "nc", "id", "hostname", "head", "yes", "true", "false", "env", "ps", "wc", "dd", "kill", "touch", "grep", "mkdir", "rm", "wget", "top", "unshare", "tty", "tr", "mount"} {
+	for _, a := range []string{"sh", "sleep", "echo", "cat", "ls", "nc", "id", "hostname", "head", "yes", "true", "false", "env", "ps", "wc", "dd", "kill", "touch", "grep", "mkdir", "rm", "wget", "top", "unshare", "tty", "tr", "mount", "seq"} {
 		_ = tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
 	}
 	file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/sh\n"))

@@ -169,6 +169,9 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 	t.mu.Lock()
 	for _, ce := range t.byID {
 		r := ce.rec
+		if r == nil {
+			continue // another CreateContainer is filling it in
+		}
 		if !ce.removed && r.SandboxID == sb.ID && r.Config.Name == cfg.Name && r.Config.Attempt == cfg.Attempt {
 			t.mu.Unlock()
 			return "", fmt.Errorf("%w: container %q attempt %d in sandbox %s is %s", ErrExists, cfg.Name, cfg.Attempt, sb.ID, r.ID)
@@ -261,6 +264,10 @@ func (m *Manager) containerAndShim(ctx context.Context, id string) (*centry, *Co
 	}
 	t := m.ctable()
 	t.mu.Lock()
+	if ce.rec == nil {
+		t.mu.Unlock()
+		return nil, nil, nil, fmt.Errorf("%w: container %s is still being created", ErrNotFound, id)
+	}
 	c := *ce.rec
 	t.mu.Unlock()
 	sb, err := m.getAny(c.SandboxID)

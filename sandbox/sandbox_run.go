@@ -133,17 +133,15 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	return nil
 }
 
-// hostnameFor is the pod's hostname: the requested one, or the node's for
-// host-network pods (they share the node's UTS namespace).
+// hostnameFor is the pod's hostname: the requested one, else the node's
+// (as containerd does; pod names can be longer than a hostname may be).
+// Host-network pods share the node's UTS namespace and so its name.
 func hostnameFor(rec *Sandbox) string {
-	if rec.Spec.NetworkMode == ModeNode {
-		h, _ := os.Hostname()
-		return h
-	}
-	if rec.Spec.Hostname != "" {
+	if rec.Spec.NetworkMode != ModeNode && rec.Spec.Hostname != "" {
 		return rec.Spec.Hostname
 	}
-	return rec.Spec.Name
+	h, _ := os.Hostname()
+	return h
 }
 
 // podNamespaceKinds says which namespaces the pause creates and pins.

@@ -75,6 +75,7 @@ func ociSpec(cs *ContainerSpec, podCgroup string, nsPath func(kind specs.LinuxNa
 	if cs.Privileged {
 		caps = allCapabilities()
 	}
+	caps = clampToBoundingSet(caps)
 	oom := clampOOMScoreAdj(cs.OOMScoreAdj)
 	s := &specs.Spec{
 		Version: specs.Version,
@@ -288,6 +289,29 @@ func hasEnv(env []string, name string) bool {
 		}
 	}
 	return false
+}
+
+// clampToBoundingSet drops capabilities the shim itself cannot hold: a
+// container cannot get them anyway, and asking for them fails the start
+// (root on some hosts runs without CAP_SYS_RESOURCE).
+func clampToBoundingSet(caps []string) []string {
+	c, err := capability.NewPid2(0)
+	if err != nil || c.Load() != nil {
+		return caps
+	}
+	held := map[string]bool{}
+	for _, k := range capability.ListKnown() {
+		if c.Get(capability.BOUNDING, k) {
+			held["CAP_"+strings.ToUpper(k.String())] = true
+		}
+	}
+	out := make([]string, 0, len(caps))
+	for _, name := range caps {
+		if held[strings.ToUpper(name)] {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func allCapabilities() []string {

@@ -105,7 +105,7 @@ type ContainerSpec struct {
 	Resources  *specs.LinuxResources `json:"resources,omitempty"`
 	// Capabilities is the full set ("CAP_NET_ADMIN", ...) the process has;
 	// nil means DefaultCapabilities. Ignored when Privileged.
-	Capabilities []string `json:"capabilities,omitempty"`
+	Capabilities []string `json:"capabilities"` // no omitempty: [] (none) differs from nil (defaults)
 	// Privileged: all capabilities, all host devices, no masked or
 	// read-only paths, writable /sys.
 	Privileged     bool `json:"privileged,omitempty"`

@@ -206,6 +206,7 @@ func run(o options) int {
 		if exec.Command("ip", "link", "show", o.bridge).Run() == nil {
 			_ = exec.Command("ip", "link", "del", o.bridge).Run()
 		}
+		cleanupNotes = append(cleanupNotes, cleanIptables(o.bridge)...)
 	}()
 	phase("peapod listening on "+sock, t)
 

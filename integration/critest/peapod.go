@@ -82,26 +82,36 @@ func (d *daemon) removeAll() (n int, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var errs []error
-	pods, err := rt.ListPodSandbox(ctx, &cri.ListPodSandboxRequest{})
-	if err != nil {
-		return 0, err
-	}
-	for _, p := range pods.Items {
-		n++
-		if _, err := rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: p.Id}); err != nil {
-			errs = append(errs, fmt.Errorf("stop pod %s: %w", p.Id, err))
+	// A request critest sent just before it ended may still be running in
+	// the daemon: list again a moment later, until a list comes back empty.
+	for round := 0; round < 4; round++ {
+		pods, err := rt.ListPodSandbox(ctx, &cri.ListPodSandboxRequest{})
+		if err != nil {
+			return n, errors.Join(append(errs, err)...)
 		}
-		if _, err := rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: p.Id}); err != nil {
-			errs = append(errs, fmt.Errorf("remove pod %s: %w", p.Id, err))
+		cs, err := rt.ListContainers(ctx, &cri.ListContainersRequest{})
+		if err != nil {
+			return n, errors.Join(append(errs, err)...)
 		}
-	}
-	if cs, err := rt.ListContainers(ctx, &cri.ListContainersRequest{}); err == nil {
+		if round > 0 && len(pods.Items) == 0 && len(cs.Containers) == 0 {
+			break
+		}
+		for _, p := range pods.Items {
+			n++
+			if _, err := rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: p.Id}); err != nil {
+				errs = append(errs, fmt.Errorf("stop pod %s: %w", p.Id, err))
+			}
+			if _, err := rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: p.Id}); err != nil {
+				errs = append(errs, fmt.Errorf("remove pod %s: %w", p.Id, err))
+			}
+		}
 		for _, c := range cs.Containers {
 			n++
 			if _, err := rt.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: c.Id}); err != nil {
 				errs = append(errs, fmt.Errorf("remove container %s: %w", c.Id, err))
 			}
 		}
+		time.Sleep(time.Second)
 	}
 	return n, errors.Join(errs...)
 }
@@ -133,9 +143,10 @@ func tailFile(path string, n int) string {
 	return "  " + strings.Join(lines, "\n  ")
 }
 
-// killUnder kills processes still running from files under dir (shims and
-// containers of pods the daemon could not remove) and returns what it did.
-// They all descend from the daemon this harness started.
+// killUnder kills processes still running from files under dir, or with
+// their root there (shims, pauses and containers of pods the daemon could
+// not remove), and says what it did. They all descend from the daemon this
+// harness started: dir is the harness's own work dir.
 func killUnder(dir string) []string {
 	var out []string
 	ents, _ := os.ReadDir("/proc")
@@ -146,7 +157,8 @@ func killUnder(dir string) []string {
 		}
 		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		exe, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if strings.Contains(string(cmdline), dir) || strings.HasPrefix(exe, dir) {
+		root, _ := os.Readlink(filepath.Join("/proc", e.Name(), "root")) // a container's rootfs
+		if strings.Contains(string(cmdline), dir) || strings.HasPrefix(exe, dir) || strings.HasPrefix(root, dir+"/") {
 			if syscall.Kill(pid, syscall.SIGKILL) == nil {
 				out = append(out, fmt.Sprintf("killed leftover pid %d: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " ")))
 			}
@@ -200,4 +212,43 @@ func unescapeMount(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// cleanIptables deletes the iptables rules CNI made for the network name
+// (its comments say `name: "<network>"`) and the CNI-* chains they jump to.
+// The daemon removes them itself with each pod; this is for pods it could
+// not remove (crashed or interrupted run).
+func cleanIptables(network string) []string {
+	var out []string
+	tag := `name: \"` + network + `\"`
+	for _, table := range []string{"nat", "filter", "mangle"} {
+		b, err := exec.Command("iptables-save", "-t", table).Output()
+		if err != nil {
+			continue
+		}
+		chains := map[string]bool{}
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(line, "-A ") || !strings.Contains(line, tag) {
+				continue
+			}
+			f := strings.Fields(line)
+			for i := 0; i+1 < len(f); i++ {
+				if (f[i] == "-j" || f[i] == "-g") && strings.HasPrefix(f[i+1], "CNI-") && f[i+1] != "CNI-HOSTPORT-DNAT" &&
+					f[i+1] != "CNI-HOSTPORT-SETMARK" && f[i+1] != "CNI-HOSTPORT-MASQ" {
+					chains[f[i+1]] = true
+				}
+			}
+			// iptables-save quotes like a shell does.
+			if err := exec.Command("sh", "-c", "iptables -w -t "+table+" -D "+line[3:]).Run(); err == nil {
+				out = append(out, "deleted iptables rule -t "+table+" "+line)
+			}
+		}
+		for c := range chains {
+			_ = exec.Command("iptables", "-w", "-t", table, "-F", c).Run()
+			if exec.Command("iptables", "-w", "-t", table, "-X", c).Run() == nil {
+				out = append(out, "deleted iptables chain -t "+table+" "+c)
+			}
+		}
+	}
+	return out
 }
