@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"peapod/cgroups"
 )
 
 const (
@@ -43,7 +45,7 @@ func (s *Server) Status(ctx context.Context, req *runtime.StatusRequest) (*runti
 		Features: &runtime.RuntimeFeatures{SupplementalGroupsPolicy: true},
 	}
 	if req.GetVerbose() {
-		details := map[string]any{"network": s.network.Describe()}
+		details := map[string]any{"network": s.network.Describe(), "cgroupControllersUnavailable": cgroups.Unavailable()}
 		for k, v := range s.info.StatusDetails {
 			details[k] = v
 		}

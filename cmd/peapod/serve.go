@@ -200,6 +200,7 @@ func serve(args []string) error {
 		return err
 	}
 	defer mgr.Close()
+	mgr.StartStatsSampler()
 	srv := cri.NewServer(mgr, network, images, cri.Info{
 		Version:      version,
 		CgroupDriver: cfg.CgroupDriver,

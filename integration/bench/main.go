@@ -260,6 +260,9 @@ func benchPeapod(ctx context.Context, env *benchEnv, opts options, namer *podNam
 			return err
 		}
 	}
+	if err := benchStatsFor(ctx, env, t, namer, cl); err != nil {
+		return err
+	}
 	if opts.shapingPairs > 0 {
 		progress("peapod", "RunPodSandbox × %d with and × %d without bandwidth annotations", opts.shapingPairs, opts.shapingPairs)
 		if rep.shaping, err = benchShaping(ctx, t, namer, opts.shapingPairs); err != nil {
@@ -284,11 +287,15 @@ func benchContainerd(ctx context.Context, env *benchEnv, opts options, namer *po
 	if out, err := exec.Command(env.runcBin, "--version").Output(); err == nil {
 		rep.containerd.version += " + " + strings.SplitN(string(out), "\n", 2)[0]
 	}
-	if rep.containerd.life, err = benchLifecycle(ctx, t, namer, opts.pods, opts.running); err != nil || opts.containerPods == 0 {
+	if rep.containerd.life, err = benchLifecycle(ctx, t, namer, opts.pods, opts.running); err != nil {
 		return err
 	}
-	rep.containerd.containers, err = benchContainers(ctx, env, t, namer, opts, cl)
-	return err
+	if opts.containerPods > 0 {
+		if rep.containerd.containers, err = benchContainers(ctx, env, t, namer, opts, cl); err != nil {
+			return err
+		}
+	}
+	return benchStatsFor(ctx, env, t, namer, cl)
 }
 
 // resolve finds the programs the bench needs and says clearly what is

@@ -217,6 +217,7 @@ func (rep *report) write(w io.Writer, opts options) {
 	}
 	main.write(w)
 	writeContainers(w, rep, opts)
+	writeStats(w)
 
 	if f := rep.cniFloor; f != nil {
 		ft := &table{
