@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"peapod/cgroups"
 	"peapod/netns"
 )
@@ -45,6 +47,22 @@ type ContainerStats struct {
 	CPUNanoCores *uint64
 	// WritableLayer is nil when unknown (rootfs not made, store gone).
 	WritableLayer *LayerUsage
+
+	// Filled for metrics only (ListPodMetrics); nil otherwise or when
+	// unknown.
+	//
+	// Processes is what the container's processes hold (/proc).
+	Processes *cgroups.ProcessStats
+	// Filesystem is the filesystem the writable layer lives on; set with
+	// WritableLayer.
+	Filesystem *FsInfo
+}
+
+// FsInfo is the size and the inodes of a filesystem (statfs).
+type FsInfo struct {
+	Mountpoint         string // as in LayerUsage
+	CapacityBytes      uint64
+	Inodes, InodesFree uint64
 }
 
 // LayerUsage is the disk use of a container's writable layer.
@@ -252,16 +270,22 @@ func (s *statsSampler) sampleOnce(m *Manager) {
 	}
 }
 
-// measureLayer walks a container's writable layer and caches the result.
-func (s *statsSampler) measureLayer(m *Manager, id string) (LayerUsage, bool) {
-	if m.cfg.Images == nil {
-		return LayerUsage{}, false
-	}
+// initMountpoint finds, once, the directory of the image store (on the
+// filesystem the writable layers live on).
+func (s *statsSampler) initMountpoint(m *Manager) {
 	s.mountOnce.Do(func() {
 		if _, _, mp, err := m.cfg.Images.FsUsage(); err == nil {
 			s.mountpoint = mp
 		}
 	})
+}
+
+// measureLayer walks a container's writable layer and caches the result.
+func (s *statsSampler) measureLayer(m *Manager, id string) (LayerUsage, bool) {
+	if m.cfg.Images == nil {
+		return LayerUsage{}, false
+	}
+	s.initMountpoint(m)
 	b, i, err := m.cfg.Images.WritableLayerUsage(id)
 	if err != nil {
 		return LayerUsage{}, false
@@ -420,11 +444,23 @@ func containerMatches(id string, r *Container, f *ContainerFilter) bool {
 	return true
 }
 
+// statsDetail says what a stats read includes beyond the stats RPCs'
+// needs; nil for the stats RPCs.
+type statsDetail struct {
+	// fs is the filesystem of the writable layers, measured once per
+	// call; nil when unknown.
+	fs *FsInfo
+}
+
 // containerStats reads one container's cgroup. A cgroup that is gone
 // yields an error wrapping ErrNotFound.
-func (m *Manager) containerStats(s *statsSampler, sb *Sandbox, c *Container) (*ContainerStats, error) {
+func (m *Manager) containerStats(s *statsSampler, sb *Sandbox, c *Container, detail *statsDetail) (*ContainerStats, error) {
 	cg := containerCgroup(sb, c.ID)
-	st, err := cgroups.ReadStats(cg)
+	read := cgroups.ReadStats
+	if detail != nil {
+		read = cgroups.ReadDetailedStats
+	}
+	st, err := read(cg)
 	now := time.Now()
 	if errors.Is(err, cgroups.ErrNotFound) {
 		return nil, fmt.Errorf("%w: container %s: its cgroup %s is gone", ErrNotFound, c.ID, cg)
@@ -438,15 +474,29 @@ func (m *Manager) containerStats(s *statsSampler, sb *Sandbox, c *Container) (*C
 		cs.CPUNanoCores = &r
 	}
 	cs.WritableLayer = s.layer(m, c)
+	if detail != nil {
+		// Threads from /proc only where the pids controller does not
+		// count them.
+		if ps, err := cgroups.ReadProcessStats(cg, c.Pid, st.Pids == nil); err == nil {
+			cs.Processes = ps
+		}
+		if cs.WritableLayer != nil {
+			cs.Filesystem = detail.fs
+		}
+	}
 	return cs, nil
 }
 
 // podStats reads a pod's cgroup, network and the containers given.
-func (m *Manager) podStats(s *statsSampler, sb *Sandbox, ctrs []*Container) (*PodStats, error) {
+func (m *Manager) podStats(s *statsSampler, sb *Sandbox, ctrs []*Container, detail *statsDetail) (*PodStats, error) {
 	ps := &PodStats{Sandbox: *sb}
 	if sb.Cgroup != nil {
 		ps.CgroupPath = sb.Cgroup.PodPath
-		st, err := cgroups.ReadStats(sb.Cgroup.PodPath)
+		read := cgroups.ReadStats
+		if detail != nil {
+			read = cgroups.ReadDetailedStats
+		}
+		st, err := read(sb.Cgroup.PodPath)
 		ps.Timestamp = time.Now()
 		if errors.Is(err, cgroups.ErrNotFound) {
 			return nil, fmt.Errorf("%w: pod %s: its cgroup %s is gone", ErrNotFound, sb.ID, sb.Cgroup.PodPath)
@@ -473,7 +523,7 @@ func (m *Manager) podStats(s *statsSampler, sb *Sandbox, ctrs []*Container) (*Po
 		}
 	}
 	for _, c := range ctrs {
-		cs, err := m.containerStats(s, sb, c)
+		cs, err := m.containerStats(s, sb, c, detail)
 		if err != nil {
 			continue // removed meanwhile, or never started: no cgroup
 		}
@@ -494,7 +544,7 @@ func (m *Manager) ContainerStats(ctx context.Context, id string) (*ContainerStat
 	if err != nil {
 		return nil, fmt.Errorf("%w: container %s: its sandbox is gone", ErrNotFound, c.ID)
 	}
-	return m.containerStats(m.stats(), sb, c)
+	return m.containerStats(m.stats(), sb, c, nil)
 }
 
 // ListContainerStats returns the stats of the containers f matches whose
@@ -505,7 +555,7 @@ func (m *Manager) ListContainerStats(ctx context.Context, f ContainerFilter) ([]
 	s := m.stats()
 	out := make([]*ContainerStats, len(ctrs))
 	parallel(len(ctrs), func(i int) {
-		if cs, err := m.containerStats(s, pods[ctrs[i].SandboxID], ctrs[i]); err == nil {
+		if cs, err := m.containerStats(s, pods[ctrs[i].SandboxID], ctrs[i], nil); err == nil {
 			out[i] = cs
 		}
 	})
@@ -525,12 +575,44 @@ func (m *Manager) PodStats(ctx context.Context, id string) (*PodStats, error) {
 		return nil, fmt.Errorf("%w: pod %s is not ready (%s): only running pods have stats", ErrNotFound, sb.ID, sb.State)
 	}
 	_, ctrs := m.statsSnapshot(&Filter{ID: sb.ID}, &ContainerFilter{SandboxID: sb.ID})
-	return m.podStats(m.stats(), sb, ctrs)
+	return m.podStats(m.stats(), sb, ctrs, nil)
 }
 
 // ListPodStats returns the stats of the ready pods f matches whose cgroups
 // exist, oldest first.
 func (m *Manager) ListPodStats(ctx context.Context, f Filter) ([]*PodStats, error) {
+	return m.listPodStats(ctx, f, nil)
+}
+
+// ListPodMetrics is ListPodStats of every ready pod with the detail the
+// cAdvisor-style metrics need: the detailed cgroup accounting, the
+// containers' processes (their /proc entries only) and the filesystem of
+// the writable layers.
+func (m *Manager) ListPodMetrics(ctx context.Context) ([]*PodStats, error) {
+	return m.listPodStats(ctx, Filter{}, &statsDetail{fs: m.stats().layerFs(m)})
+}
+
+// layerFs measures the filesystem the writable layers live on.
+func (s *statsSampler) layerFs(m *Manager) *FsInfo {
+	if m.cfg.Images == nil {
+		return nil
+	}
+	s.initMountpoint(m)
+	if s.mountpoint == "" {
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.mountpoint, &st); err != nil {
+		return nil
+	}
+	bs := uint64(st.Frsize)
+	if bs == 0 {
+		bs = uint64(st.Bsize)
+	}
+	return &FsInfo{Mountpoint: s.mountpoint, CapacityBytes: st.Blocks * bs, Inodes: st.Files, InodesFree: st.Ffree}
+}
+
+func (m *Manager) listPodStats(ctx context.Context, f Filter, detail *statsDetail) ([]*PodStats, error) {
 	m.StartStatsSampler()
 	pods, ctrs := m.statsSnapshot(&f, nil)
 	byPod := map[string][]*Container{}
@@ -549,7 +631,7 @@ func (m *Manager) ListPodStats(ctx context.Context, f Filter) ([]*PodStats, erro
 	s := m.stats()
 	out := make([]*PodStats, len(list))
 	parallel(len(list), func(i int) {
-		if ps, err := m.podStats(s, list[i], byPod[list[i].ID]); err == nil {
+		if ps, err := m.podStats(s, list[i], byPod[list[i].ID], detail); err == nil {
 			out[i] = ps
 		}
 	})

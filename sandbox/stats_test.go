@@ -213,6 +213,28 @@ func TestStatsOfRealCgroupsWithoutLifecycleLocks(t *testing.T) {
 	if cs.CgroupPath != cgDir || cs.WritableLayer != nil {
 		t.Errorf("container stats: path %s layer %+v", cs.CgroupPath, cs.WritableLayer)
 	}
+	// The stats RPCs read no detail; the metrics do, and the container's
+	// processes.
+	if cs.Processes != nil || cs.Filesystem != nil || cs.Cgroup.CPUControl != nil || ps.Cgroup.CPU.UserNanos != nil {
+		t.Errorf("ListPodStats read the metrics' detail: %+v %+v", cs, ps.Cgroup)
+	}
+	ml, err := m.ListPodMetrics(ctx)
+	if err != nil || len(ml) != 1 || len(ml[0].Containers) != 1 {
+		t.Fatalf("ListPodMetrics = %+v, %v", ml, err)
+	}
+	if c := ml[0].Cgroup.CPU; c == nil || c.UserNanos == nil || c.SystemNanos == nil {
+		t.Errorf("pod metrics without the CPU split: %+v", c)
+	}
+	mc := ml[0].Containers[0]
+	if p := mc.Processes; p == nil || p.Processes != 1 || p.FDs == 0 || p.MaxOpenFiles == nil {
+		t.Errorf("container processes: %+v", p)
+	}
+	if mc.Filesystem != nil { // no image store here
+		t.Errorf("filesystem without an image store: %+v", mc.Filesystem)
+	}
+	if cgroups.DetectMode() == cgroups.ModeV1 && (mc.Cgroup.CPUControl == nil || mc.Cgroup.Memory.SwapLimit == nil) {
+		t.Errorf("container cgroup detail: %+v %+v", mc.Cgroup.CPUControl, mc.Cgroup.Memory)
+	}
 	if l, err := m.ListPodStats(ctx, Filter{Selector: map[string]string{"app": "other"}}); err != nil || len(l) != 0 {
 		t.Errorf("selector mismatch: %v %v", l, err)
 	}
