@@ -2,22 +2,20 @@ package integration
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"peapod/integration/flowmeter"
 )
 
 // Throughput of shaped pods measured for real, through the peapod daemon:
@@ -173,7 +171,7 @@ func TestShapedPodThroughputIsAccurate(t *testing.T) {
 	for _, r := range results {
 		b.WriteString("\n" + r.row())
 	}
-	t.Logf("cc %s, daemon start to last flow %v:\n%s%s", tputSysctl("/proc/sys/net/ipv4/tcp_congestion_control"),
+	t.Logf("cc %s, daemon start to last flow %v:\n%s%s", flowmeter.SystemCC(),
 		time.Since(began).Round(100*time.Millisecond), tputTableHeader, b.String())
 }
 
@@ -318,304 +316,44 @@ func tputCheck(r tputResult) error {
 // or receives with -R (out of the pod).
 func tputMeasure(p *tputPod, gw string, dir tputDir, d time.Duration) (tputResult, error) {
 	res := tputResult{pod: p.name, dir: dir, limit: p.limit(dir), duration: d}
-	read, dev, err := tputCounter(p, dir)
+	counter, err := tputCounter(p, dir)
 	if err != nil {
 		return res, err
 	}
-	res.device = dev
-
-	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
-	defer cancel()
-	const port = "5201"
-	server := exec.CommandContext(ctx, "nsenter", "--net="+p.netPin, "--", "iperf3", "-s", "-1", "-B", p.ip, "-p", port)
-	var serverOut strings.Builder
-	server.Stdout, server.Stderr = &serverOut, &serverOut
-	if err := server.Start(); err != nil {
-		return res, fmt.Errorf("start iperf3 server: %w", err)
-	}
-	defer func() { _ = server.Process.Kill(); _ = server.Wait() }()
-	if err := tputWaitListening(ctx, p.netPin, port); err != nil {
-		return res, fmt.Errorf("iperf3 server in %s: %w\n%s", p.name, err, serverOut.String())
-	}
-
-	var samples []tputSample
-	sampleErr := make(chan error, 1)
-	stopSampling := make(chan struct{})
-	go func() {
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			b, err := read()
-			if err != nil {
-				sampleErr <- err
-				return
-			}
-			samples = append(samples, tputSample{time.Now(), b})
-			select {
-			case <-stopSampling:
-				sampleErr <- nil
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	probes, err := tputStartProbes(p, gw, 2*time.Second)
-	if err != nil {
-		close(stopSampling)
-		<-sampleErr
-		return res, err
-	}
-	args := []string{"-c", p.ip, "-B", gw, "-p", port, "-J", "-t", fmt.Sprint(int(d.Round(time.Second) / time.Second))}
-	if dir == tputOutOfPod {
-		args = append(args, "-R")
-	}
-	out, runErr := exec.CommandContext(ctx, "iperf3", args...).Output()
-	res.rttMedian, res.rttMax, res.probesLost = probes.stop()
-	close(stopSampling)
-	if err := <-sampleErr; err != nil {
-		return res, fmt.Errorf("read the byte counter of %s: %w", dev, err)
-	}
-	var report struct {
-		Error string `json:"error"`
-		Start struct {
-			MSS int `json:"tcp_mss_default"`
-		} `json:"start"`
-		End struct {
-			Received struct {
-				BitsPerSec float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-			Sent struct {
-				Retransmits int `json:"retransmits"`
-			} `json:"sum_sent"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &report); err != nil || report.Error != "" || runErr != nil {
-		return res, fmt.Errorf("iperf3 client: %v %s %v\n%.2000s\nserver: %s", runErr, report.Error, err, out, serverOut.String())
-	}
-	if report.Start.MSS > 0 {
-		res.goodputWire = report.End.Received.BitsPerSec * float64(report.Start.MSS+66) / float64(report.Start.MSS)
-	}
-	res.retransmits = report.End.Sent.Retransmits
+	defer counter.Close()
+	res.device = counter.Name
 	steadyFrom := 2 * time.Second
 	if d < 3*time.Second+steadyFrom/2 {
 		steadyFrom = time.Second
 	}
-	res.firstSecond, res.steady, err = tputWireRates(samples, d, steadyFrom)
+	host, pod := flowmeter.Endpoint{Addr: gw}, flowmeter.Endpoint{NetNS: p.netPin, Addr: p.ip}
+	m, err := flowmeter.Run(context.Background(), flowmeter.Flow{
+		Server:     pod,
+		Client:     host,
+		Port:       "5201",
+		Reverse:    dir == tputOutOfPod,
+		Duration:   d,
+		SteadyFrom: steadyFrom,
+		Counter:    counter,
+		Probes:     &flowmeter.ProbeConfig{Echo: host, Probe: pod, After: 2 * time.Second, Every: 100 * time.Millisecond},
+	})
+	res.rttMedian, res.rttMax, res.probesLost = m.RTT.Median, m.RTT.Max, m.RTT.Lost
+	res.goodputWire, res.retransmits = m.GoodputWireBitsPerSec, m.Retransmits
+	res.firstSecond, res.steady = m.FirstSecondBitsPerSec, m.SteadyBitsPerSec
 	return res, err
 }
 
-type tputSample struct {
-	at    time.Time
-	bytes uint64
-}
-
-// tputWireRates finds the flow's first byte in the samples (the sample
-// before the first one two frames above the idle baseline, so no burst can
-// hide before it) and returns the rate of the first second and of the
-// steady part, from steadyFrom to 250 ms before the flow's end.
-func tputWireRates(s []tputSample, d, steadyFrom time.Duration) (first, steady float64, err error) {
-	if len(s) < 3 {
-		return 0, 0, errors.New("too few counter samples")
+// tputCounter returns the byte counter that sees direction dir of pod p on
+// the wire: the root tbf of the host veth (into the pod) or of the IFB (out
+// of it) when that direction is shaped, else the host veth's own tx (into
+// the pod) or rx (out of it) bytes.
+func tputCounter(p *tputPod, dir tputDir) (*flowmeter.Counter, error) {
+	switch {
+	case p.limit(dir) == 0:
+		return flowmeter.LinkCounter("", p.hostVeth, dir == tputIntoPod)
+	case dir == tputOutOfPod:
+		return flowmeter.QdiscCounter("", p.ifb, 0)
+	default:
+		return flowmeter.QdiscCounter("", p.hostVeth, 0)
 	}
-	base := s[0].bytes
-	start := -1
-	for i := range s {
-		if s[i].bytes-base >= 2*1514 {
-			start = max(i-1, 0)
-			break
-		}
-	}
-	if start < 0 {
-		return 0, 0, fmt.Errorf("no traffic seen (counter %d → %d)", base, s[len(s)-1].bytes)
-	}
-	t0 := s[start].at
-	at := func(t time.Time) (float64, error) {
-		for i := 1; i < len(s); i++ {
-			if !s[i].at.Before(t) {
-				a, b := s[i-1], s[i]
-				f := float64(t.Sub(a.at)) / float64(b.at.Sub(a.at))
-				return float64(a.bytes) + f*float64(b.bytes-a.bytes), nil
-			}
-		}
-		return 0, fmt.Errorf("the flow ended before %v", t.Sub(t0))
-	}
-	rate := func(from, to time.Duration) (float64, error) {
-		a, err := at(t0.Add(from))
-		if err != nil {
-			return 0, err
-		}
-		b, err := at(t0.Add(to))
-		if err != nil {
-			return 0, err
-		}
-		return (b - a) * 8 / (to - from).Seconds(), nil
-	}
-	if first, err = rate(0, time.Second); err != nil {
-		return 0, 0, err
-	}
-	steady, err = rate(steadyFrom, d-250*time.Millisecond)
-	return first, steady, err
-}
-
-// tputCounter returns a reader of the byte counter that sees direction dir
-// of pod p on the wire: the root tbf of the host veth (into the pod) or of
-// the IFB (out of it) when that direction is shaped, else the host veth's
-// own tx (into the pod) or rx (out of it) bytes. tbf counts on dequeue,
-// so its counter is what left the shaper.
-func tputCounter(p *tputPod, dir tputDir) (func() (uint64, error), string, error) {
-	dev := p.hostVeth
-	if dir == tputOutOfPod && p.egressBits > 0 {
-		dev = p.ifb
-	}
-	link, err := netlink.LinkByName(dev)
-	if err != nil {
-		return nil, "", err
-	}
-	if p.limit(dir) == 0 {
-		idx := link.Attrs().Index
-		return func() (uint64, error) {
-			l, err := netlink.LinkByIndex(idx)
-			if err != nil {
-				return 0, err
-			}
-			if dir == tputIntoPod {
-				return l.Attrs().Statistics.TxBytes, nil
-			}
-			return l.Attrs().Statistics.RxBytes, nil
-		}, dev + " (link)", nil
-	}
-	return func() (uint64, error) {
-		qdiscs, err := netlink.QdiscList(link)
-		if err != nil {
-			return 0, err
-		}
-		for _, q := range qdiscs {
-			a := q.Attrs()
-			if q.Type() == "tbf" && a.Parent == netlink.HANDLE_ROOT && a.Statistics != nil && a.Statistics.Basic != nil {
-				return a.Statistics.Basic.Bytes, nil
-			}
-		}
-		return 0, fmt.Errorf("no root tbf on %s", dev)
-	}, dev + " (tbf)", nil
-}
-
-// tputWaitListening polls until something listens on TCP port in the
-// network namespace pinned at pin.
-func tputWaitListening(ctx context.Context, pin, port string) error {
-	for {
-		out, err := exec.CommandContext(ctx, "nsenter", "--net="+pin, "--", "ss", "-Hltn", "sport = :"+port).Output()
-		if err == nil && strings.TrimSpace(string(out)) != "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("nothing listens on port %s", port)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// tputProbes sends a small UDP datagram every 100 ms from the pod to an
-// echo socket on the host's gateway address and times the answers; under
-// load one of the two legs queues behind the flow.
-type tputProbes struct {
-	server, client net.PacketConn
-	done           chan struct{}
-	wg             sync.WaitGroup
-	mu             sync.Mutex
-	sent           int
-	rtts           []time.Duration
-}
-
-func tputStartProbes(p *tputPod, gw string, after time.Duration) (*tputProbes, error) {
-	server, err := net.ListenPacket("udp4", gw+":0")
-	if err != nil {
-		return nil, fmt.Errorf("echo socket: %w", err)
-	}
-	var client net.PacketConn
-	err = ns.WithNetNSPath(p.netPin, func(ns.NetNS) (err error) {
-		client, err = net.ListenPacket("udp4", p.ip+":0")
-		return err
-	})
-	if err != nil {
-		server.Close()
-		return nil, fmt.Errorf("probe socket in %s: %w", p.name, err)
-	}
-	r := &tputProbes{server: server, client: client, done: make(chan struct{})}
-	r.wg.Add(3)
-	go func() { // echo
-		defer r.wg.Done()
-		buf := make([]byte, 64)
-		for {
-			n, from, err := server.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = server.WriteTo(buf[:n], from)
-		}
-	}()
-	go func() { // answers
-		defer r.wg.Done()
-		buf := make([]byte, 64)
-		for {
-			n, _, err := client.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if n == 8 {
-				rtt := time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(buf))))
-				r.mu.Lock()
-				r.rtts = append(r.rtts, rtt)
-				r.mu.Unlock()
-			}
-		}
-	}()
-	go func() { // probes, once the flow is under way
-		defer r.wg.Done()
-		select {
-		case <-r.done:
-			return
-		case <-time.After(after):
-		}
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
-			if _, err := client.WriteTo(b[:], server.LocalAddr()); err == nil {
-				r.mu.Lock()
-				r.sent++
-				r.mu.Unlock()
-			}
-			select {
-			case <-r.done:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	return r, nil
-}
-
-// stop waits briefly for late answers and returns the median and maximum
-// RTT and how many probes got no answer.
-func (r *tputProbes) stop() (median, maxRTT time.Duration, lost int) {
-	close(r.done)
-	time.Sleep(300 * time.Millisecond)
-	r.server.Close()
-	r.client.Close()
-	r.wg.Wait()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	lost = r.sent - len(r.rtts)
-	if len(r.rtts) == 0 {
-		return 0, 0, lost
-	}
-	sort.Slice(r.rtts, func(i, j int) bool { return r.rtts[i] < r.rtts[j] })
-	return r.rtts[len(r.rtts)/2], r.rtts[len(r.rtts)-1], lost
-}
-
-func tputSysctl(path string) string {
-	b, _ := os.ReadFile(path)
-	return strings.TrimSpace(string(b))
 }

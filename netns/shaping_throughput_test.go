@@ -2,22 +2,16 @@ package netns
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
-	vns "github.com/vishvananda/netns"
+	"peapod/integration/flowmeter"
 )
 
 // flowDirection is which way a measured flow's data goes through the pod's
@@ -80,12 +74,6 @@ const flowTableHeader = "limit     burst     direction  cc     steady (wire)    
 
 func fmtMbit(bps float64) string { return fmt.Sprintf("%.2fM", bps/1e6) }
 
-// counterSample is one reading of the byte counter of a shaping point.
-type counterSample struct {
-	at    time.Time
-	bytes uint64
-}
-
 // measureShapedFlow runs one iperf3 TCP flow of duration d through pod p in
 // direction dir, with the shaping st applied (st.Limits zero: unshaped), and
 // measures it on the wire: it samples every 20 ms the byte counter of the
@@ -97,315 +85,58 @@ type counterSample struct {
 func measureShapedFlow(p *shapedPod, st ShapingState, dir flowDirection, d time.Duration, cc string) (flowResult, error) {
 	res := flowResult{Direction: dir, Duration: d, CC: cc}
 	if cc == "" {
-		res.CC = readSysctl("/proc/sys/net/ipv4/tcp_congestion_control")
+		res.CC = flowmeter.SystemCC()
 	}
-	senderNS, receiverNS, serverAddr := p.hostNS, p.podNS, p.hostAddr
+	host := flowmeter.Endpoint{NetNS: p.hostNSPath(), Addr: p.hostAddr}
+	pod := flowmeter.Endpoint{NetNS: p.podNSPath(), Addr: p.podAddr}
+	sender, receiver := host, pod
 	if dir == outOfPod {
-		senderNS, receiverNS, serverAddr = p.podNS, p.hostNS, p.podAddr
+		sender, receiver = pod, host
 	}
-	read, closeCounter, err := shapingCounter(p, st, dir)
+	counter, err := shapingCounter(p, st, dir)
 	if err != nil {
 		return res, err
 	}
-	defer closeCounter()
+	defer counter.Close()
 	if dir == intoPod {
 		res.LimitBitsPerSec, res.BurstBytes = st.Limits.IngressRateBitsPerSec, st.Limits.IngressBurstBytes
 	} else {
 		res.LimitBitsPerSec, res.BurstBytes = st.Limits.EgressRateBitsPerSec, st.Limits.EgressBurstBytes
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
-	defer cancel()
-	const port = "5201" // each pod has namespaces of its own
-	server := exec.CommandContext(ctx, "ip", "netns", "exec", senderNS, "iperf3", "-s", "-1", "-B", serverAddr, "-p", port)
-	var serverOut strings.Builder
-	server.Stdout, server.Stderr = &serverOut, &serverOut
-	if err := server.Start(); err != nil {
-		return res, fmt.Errorf("start iperf3 server: %w", err)
-	}
-	defer func() { _ = server.Process.Kill(); _ = server.Wait() }()
-	if err := waitListening(ctx, senderNS, port); err != nil {
-		return res, fmt.Errorf("iperf3 server in %s: %w\n%s", senderNS, err, serverOut.String())
-	}
-
-	var samples []counterSample
-	sampleErr := make(chan error, 1)
-	stopSampling := make(chan struct{})
-	go func() {
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			b, err := read()
-			if err != nil {
-				sampleErr <- err
-				return
-			}
-			samples = append(samples, counterSample{time.Now(), b})
-			select {
-			case <-stopSampling:
-				sampleErr <- nil
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	probes, err := startRTTProbes(p)
-	if err != nil {
-		close(stopSampling)
-		<-sampleErr
-		return res, err
-	}
-
-	args := []string{"netns", "exec", receiverNS, "iperf3", "-c", serverAddr, "-p", port, "-R", "-J",
-		"-t", fmt.Sprint(int(d.Round(time.Second) / time.Second))}
-	if cc != "" {
-		args = append(args, "-C", cc)
-	}
-	out, runErr := exec.CommandContext(ctx, "ip", args...).Output()
-	res.RTTMedian, res.RTTMax, res.ProbesLost = probes.stop()
-	close(stopSampling)
-	if err := <-sampleErr; err != nil {
-		return res, fmt.Errorf("read byte counter: %w", err)
-	}
-	var report struct {
-		Error string `json:"error"`
-		Start struct {
-			MSS int `json:"tcp_mss_default"`
-		} `json:"start"`
-		End struct {
-			Received struct {
-				BitsPerSec float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-			Sent struct {
-				Retransmits int `json:"retransmits"`
-			} `json:"sum_sent"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &report); err != nil || report.Error != "" || runErr != nil {
-		return res, fmt.Errorf("iperf3 client in %s: %v %s %v\n%.2000s", receiverNS, runErr, report.Error, err, out)
-	}
-	if report.Start.MSS > 0 {
-		res.GoodputWireBitsPerSec = report.End.Received.BitsPerSec * float64(report.Start.MSS+66) / float64(report.Start.MSS)
-	}
-	res.Retransmits = report.End.Sent.Retransmits
-	res.FirstSecondBitsPerSec, res.SteadyBitsPerSec, err = wireRates(samples, d)
-	return res, err
-}
-
-// wireRates finds the flow's first byte in the counter samples (the first
-// sample two frames above the idle baseline, minus one sampling period so
-// that no burst can hide before it) and returns the rates of the first
-// second and of the steady part, from 2 s on to 250 ms before the end.
-func wireRates(s []counterSample, d time.Duration) (firstBitsPerSec, steadyBitsPerSec float64, err error) {
-	if len(s) < 3 {
-		return 0, 0, errors.New("too few counter samples")
-	}
-	base := s[0].bytes
-	start := -1
-	for i := range s {
-		if s[i].bytes-base >= 2*1514 {
-			start = max(i-1, 0)
-			break
-		}
-	}
-	if start < 0 {
-		return 0, 0, fmt.Errorf("no traffic seen (counter %d → %d)", base, s[len(s)-1].bytes)
-	}
-	t0 := s[start].at
-	at := func(t time.Time) (float64, error) {
-		for i := 1; i < len(s); i++ {
-			if !s[i].at.Before(t) {
-				a, b := s[i-1], s[i]
-				f := float64(t.Sub(a.at)) / float64(b.at.Sub(a.at))
-				return float64(a.bytes) + f*float64(b.bytes-a.bytes), nil
-			}
-		}
-		return 0, fmt.Errorf("the flow ended before %v", t.Sub(t0))
-	}
-	rate := func(from, to time.Duration) (float64, error) {
-		a, err := at(t0.Add(from))
-		if err != nil {
-			return 0, err
-		}
-		b, err := at(t0.Add(to))
-		if err != nil {
-			return 0, err
-		}
-		return (b - a) * 8 / (to - from).Seconds(), nil
-	}
-	if firstBitsPerSec, err = rate(0, time.Second); err != nil {
-		return 0, 0, err
-	}
-	steadyBitsPerSec, err = rate(2*time.Second, d-250*time.Millisecond)
-	return firstBitsPerSec, steadyBitsPerSec, err
-}
-
-// shapingCounter returns a reader of the byte counter that measures
-// direction dir: the tbf of that direction if it is shaped, else the host
-// veth's own counter.
-func shapingCounter(p *shapedPod, st ShapingState, dir flowDirection) (func() (uint64, error), func(), error) {
-	nsh, err := vns.GetFromPath(p.hostNSPath())
-	if err != nil {
-		return nil, nil, err
-	}
-	h, err := netlink.NewHandleAt(nsh)
-	nsh.Close()
-	if err != nil {
-		return nil, nil, err
-	}
-	dev, shaped := p.hostVeth, st.Limits.IngressRateBitsPerSec > 0
-	if dir == outOfPod {
-		shaped = st.Limits.EgressRateBitsPerSec > 0
-		if shaped {
-			dev = st.IFB
-		}
-	}
-	link, err := h.LinkByName(dev)
-	if err != nil {
-		h.Close()
-		return nil, nil, err
-	}
-	read := func() (uint64, error) {
-		if !shaped {
-			l, err := h.LinkByIndex(link.Attrs().Index)
-			if err != nil {
-				return 0, err
-			}
-			if dir == intoPod {
-				return l.Attrs().Statistics.TxBytes, nil
-			}
-			return l.Attrs().Statistics.RxBytes, nil
-		}
-		qdiscs, err := h.QdiscList(link)
-		if err != nil {
-			return 0, err
-		}
-		for _, q := range qdiscs {
-			a := q.Attrs()
-			if a.Parent == netlink.HANDLE_ROOT && a.Handle == shapingHandle && a.Statistics != nil && a.Statistics.Basic != nil {
-				return a.Statistics.Basic.Bytes, nil
-			}
-		}
-		return 0, fmt.Errorf("no peapod tbf on %s", dev)
-	}
-	return read, h.Close, nil
-}
-
-// waitListening polls until something listens on TCP port in namespace nsName.
-func waitListening(ctx context.Context, nsName, port string) error {
-	for {
-		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", nsName, "ss", "-Hltn", "sport = :"+port).Output()
-		if err == nil && strings.TrimSpace(string(out)) != "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("nothing listens on port %s", port)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// rttProbes sends a small UDP datagram every 100 ms from the pod to an echo
-// socket on the host side and times the answers.
-type rttProbes struct {
-	server, client net.PacketConn
-	done           chan struct{}
-	wg             sync.WaitGroup
-	mu             sync.Mutex
-	sent           int
-	rtts           []time.Duration
-}
-
-func startRTTProbes(p *shapedPod) (*rttProbes, error) {
-	var server, client net.PacketConn
-	err := ns.WithNetNSPath(p.hostNSPath(), func(ns.NetNS) (err error) {
-		server, err = net.ListenPacket("udp4", p.hostAddr+":0")
-		return err
+	m, err := flowmeter.Run(context.Background(), flowmeter.Flow{
+		Server:     sender,
+		Client:     flowmeter.Endpoint{NetNS: receiver.NetNS}, // unbound
+		Port:       "5201",                                    // each pod has namespaces of its own
+		Reverse:    true,
+		CC:         cc,
+		Duration:   d,
+		SteadyFrom: 2 * time.Second,
+		Counter:    counter,
+		// From 1 s on, once the flow is under way.
+		Probes: &flowmeter.ProbeConfig{Echo: host, Probe: pod, After: time.Second, Every: 100 * time.Millisecond},
 	})
+	res.RTTMedian, res.RTTMax, res.ProbesLost = m.RTT.Median, m.RTT.Max, m.RTT.Lost
+	res.GoodputWireBitsPerSec, res.Retransmits = m.GoodputWireBitsPerSec, m.Retransmits
+	res.FirstSecondBitsPerSec, res.SteadyBitsPerSec = m.FirstSecondBitsPerSec, m.SteadyBitsPerSec
 	if err != nil {
-		return nil, fmt.Errorf("echo socket: %w", err)
+		return res, fmt.Errorf("flow %s → %s: %w", sender.NetNS, receiver.NetNS, err)
 	}
-	err = ns.WithNetNSPath(p.podNSPath(), func(ns.NetNS) (err error) {
-		client, err = net.ListenPacket("udp4", p.podAddr+":0")
-		return err
-	})
-	if err != nil {
-		server.Close()
-		return nil, fmt.Errorf("probe socket: %w", err)
-	}
-	r := &rttProbes{server: server, client: client, done: make(chan struct{})}
-	r.wg.Add(3)
-	go func() { // echo
-		defer r.wg.Done()
-		buf := make([]byte, 64)
-		for {
-			n, from, err := server.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = server.WriteTo(buf[:n], from)
-		}
-	}()
-	go func() { // answers
-		defer r.wg.Done()
-		buf := make([]byte, 64)
-		for {
-			n, _, err := client.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if n == 8 {
-				rtt := time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(buf))))
-				r.mu.Lock()
-				r.rtts = append(r.rtts, rtt)
-				r.mu.Unlock()
-			}
-		}
-	}()
-	go func() { // probes, from 1 s on, once the flow is under way
-		defer r.wg.Done()
-		select {
-		case <-r.done:
-			return
-		case <-time.After(time.Second):
-		}
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
-			if _, err := client.WriteTo(b[:], server.LocalAddr()); err == nil {
-				r.mu.Lock()
-				r.sent++
-				r.mu.Unlock()
-			}
-			select {
-			case <-r.done:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	return r, nil
+	return res, nil
 }
 
-// stop waits briefly for late answers and returns the median and maximum
-// RTT and the number of probes that got no answer.
-func (r *rttProbes) stop() (median, maxRTT time.Duration, lost int) {
-	close(r.done)
-	time.Sleep(300 * time.Millisecond)
-	r.server.Close()
-	r.client.Close()
-	r.wg.Wait()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	lost = r.sent - len(r.rtts)
-	if len(r.rtts) == 0 {
-		return 0, 0, lost
+// shapingCounter returns the byte counter that measures direction dir: the
+// tbf of that direction if it is shaped, else the host veth's own counter.
+func shapingCounter(p *shapedPod, st ShapingState, dir flowDirection) (*flowmeter.Counter, error) {
+	if dir == intoPod {
+		if st.Limits.IngressRateBitsPerSec > 0 {
+			return flowmeter.QdiscCounter(p.hostNSPath(), p.hostVeth, shapingHandle)
+		}
+		return flowmeter.LinkCounter(p.hostNSPath(), p.hostVeth, true)
 	}
-	sort.Slice(r.rtts, func(i, j int) bool { return r.rtts[i] < r.rtts[j] })
-	return r.rtts[len(r.rtts)/2], r.rtts[len(r.rtts)-1], lost
+	if st.Limits.EgressRateBitsPerSec > 0 {
+		return flowmeter.QdiscCounter(p.hostNSPath(), st.IFB, shapingHandle)
+	}
+	return flowmeter.LinkCounter(p.hostNSPath(), p.hostVeth, false)
 }
 
 // TestShapedThroughput measures real TCP flows through shaped pods: the
@@ -420,9 +151,9 @@ func TestShapedThroughput(t *testing.T) {
 		t.Skip("throughput measurement takes ~35 s")
 	}
 	requireShapingRoot(t)
-	for _, tool := range []string{"iperf3", "ss"} {
+	for _, tool := range []string{"iperf3", "nsenter", "ss"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is needed for the throughput test (apt-get install -y iperf3 iproute2)", tool)
+			t.Fatalf("%s is needed for the throughput test (apt-get install -y iperf3 util-linux iproute2)", tool)
 		}
 	}
 	type flow struct {
@@ -453,7 +184,7 @@ func TestShapedThroughput(t *testing.T) {
 	// Most nodes run cubic; this one may default to something else (bbr
 	// paces itself and is the easier case). Run the main pair with cubic too.
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control"); err == nil &&
-		strings.Contains(string(b), "cubic") && !strings.Contains(readSysctl("/proc/sys/net/ipv4/tcp_congestion_control"), "cubic") {
+		strings.Contains(string(b), "cubic") && !strings.Contains(flowmeter.SystemCC(), "cubic") {
 		phases[0] = append(phases[0], flow{pod10x5, intoPod, 10 * time.Second, "cubic"}, flow{pod10x5, outOfPod, 10 * time.Second, "cubic"})
 	}
 	var mu sync.Mutex
@@ -541,9 +272,4 @@ func checkFlow(r flowResult, st ShapingState) error {
 		errs = append(errs, fmt.Errorf("median RTT under load %v is above %v", r.RTTMedian, bound))
 	}
 	return errors.Join(errs...)
-}
-
-func readSysctl(path string) string {
-	b, _ := os.ReadFile(path)
-	return strings.TrimSpace(string(b))
 }

@@ -2,21 +2,18 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"slices"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"peapod/integration/flowmeter"
 )
 
 func init() { shapingAccuracy = measureShapingAccuracy }
@@ -93,7 +90,7 @@ type accFlowResult struct {
 func measureShapingAccuracy(ctx context.Context, pp *target, namer *podNamer, cl *cleanups) (*table, error) {
 	tb := &table{
 		title: fmt.Sprintf("Bandwidth shaping accuracy (peapod): TCP through a pod per limit, %.0f s per flow, the three pods side by side; cc %s",
-			accFlow.Seconds(), accSysctl("/proc/sys/net/ipv4/tcp_congestion_control")),
+			accFlow.Seconds(), flowmeter.SystemCC()),
 		header: []string{"limit", "direction", "burst / queue", "steady (wire)", "first second", "RTT idle p50", "RTT loaded p50 / max", "added p50"},
 	}
 	for _, tool := range []string{"iperf3", "nsenter", "ss"} {
@@ -142,15 +139,15 @@ func measureShapingAccuracy(ctx context.Context, pp *target, namer *podNamer, cl
 
 	// Idle RTT, all pods at once (there is nothing to queue behind).
 	if err := accParallel(pods, func(p *accPod) error {
-		probes, err := accStartProbes(p, gw, 0, 20*time.Millisecond)
+		probes, err := flowmeter.StartProbes(accProbeConfig(p, gw, 0, 20*time.Millisecond))
 		if err != nil {
 			return err
 		}
 		if err := sleepCtx(ctx, time.Second); err != nil {
-			probes.stop()
+			probes.Stop()
 			return err
 		}
-		p.idleRTT, _, _, _ = probes.stop()
+		p.idleRTT = probes.Stop().Median
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("shaping accuracy: idle RTT: %w", err)
@@ -278,255 +275,36 @@ func accMeasure(ctx context.Context, p *accPod, gw string, dir accDir) (accFlowR
 	if dir == accOutOfPod {
 		dev = p.ifb
 	}
-	read, err := accTbfCounter(dev)
+	counter, err := flowmeter.QdiscCounter("", dev, 0)
 	if err != nil {
 		return res, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, accFlow+30*time.Second)
-	defer cancel()
-	server := exec.CommandContext(ctx, "nsenter", "--net="+p.netPin, "--", "iperf3", "-s", "-1", "-B", p.ip, "-p", accPort)
-	var serverOut strings.Builder
-	server.Stdout, server.Stderr = &serverOut, &serverOut
-	if err := server.Start(); err != nil {
-		return res, fmt.Errorf("start iperf3 server: %w", err)
-	}
-	defer func() { _ = server.Process.Kill(); _ = server.Wait() }()
-	if err := accWaitListening(ctx, p.netPin, accPort); err != nil {
-		return res, fmt.Errorf("iperf3 server: %w\n%s", err, serverOut.String())
-	}
-
-	var samples []accSample
-	sampleErr := make(chan error, 1)
-	stopSampling := make(chan struct{})
-	go func() {
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			b, err := read()
-			if err != nil {
-				sampleErr <- err
-				return
-			}
-			samples = append(samples, accSample{time.Now(), b})
-			select {
-			case <-stopSampling:
-				sampleErr <- nil
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	probes, err := accStartProbes(p, gw, accSteadyFrom, 100*time.Millisecond)
-	if err != nil {
-		close(stopSampling)
-		<-sampleErr
-		return res, err
-	}
-	args := []string{"-c", p.ip, "-B", gw, "-p", accPort, "-J", "-t", fmt.Sprint(int(accFlow / time.Second))}
-	if dir == accOutOfPod {
-		args = append(args, "-R")
-	}
-	out, runErr := exec.CommandContext(ctx, "iperf3", args...).Output()
-	res.rttP50, res.rttMax, res.lost, res.probes = probes.stop()
-	close(stopSampling)
-	if err := <-sampleErr; err != nil {
-		return res, fmt.Errorf("byte counter of %s: %w", dev, err)
-	}
-	var report struct {
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(out, &report); err != nil || report.Error != "" || runErr != nil {
-		return res, fmt.Errorf("iperf3 client: %v %s %v\n%.1000s\nserver: %s", runErr, report.Error, err, out, serverOut.String())
-	}
-	res.first, res.steady, err = accWireRates(samples, accFlow, accSteadyFrom)
+	defer counter.Close()
+	probes := accProbeConfig(p, gw, accSteadyFrom, 100*time.Millisecond)
+	m, err := flowmeter.Run(ctx, flowmeter.Flow{
+		Server:     probes.Probe, // the pod
+		Client:     probes.Echo,  // the gateway
+		Port:       accPort,
+		Reverse:    dir == accOutOfPod,
+		Duration:   accFlow,
+		SteadyFrom: accSteadyFrom,
+		Counter:    counter,
+		Probes:     &probes,
+	})
+	res.steady, res.first = m.SteadyBitsPerSec, m.FirstSecondBitsPerSec
+	res.rttP50, res.rttMax, res.lost, res.probes = m.RTT.Median, m.RTT.Max, m.RTT.Lost, m.RTT.Sent
 	return res, err
 }
 
-type accSample struct {
-	at    time.Time
-	bytes uint64
-}
-
-// accWireRates finds the flow's first byte in the samples (the sample
-// before the first one two frames above the idle baseline) and returns the
-// rate of the first second and of the steady part, from steadyFrom to
-// 250 ms before the flow's end.
-func accWireRates(s []accSample, d, steadyFrom time.Duration) (first, steady float64, err error) {
-	if len(s) < 3 {
-		return 0, 0, errors.New("too few counter samples")
+// accProbeConfig times 8-byte UDP datagrams from pod p to an echo socket on
+// the gateway gw and back, from after on, one every period.
+func accProbeConfig(p *accPod, gw string, after, every time.Duration) flowmeter.ProbeConfig {
+	return flowmeter.ProbeConfig{
+		Echo:  flowmeter.Endpoint{Addr: gw},
+		Probe: flowmeter.Endpoint{NetNS: p.netPin, Addr: p.ip},
+		After: after,
+		Every: every,
 	}
-	base := s[0].bytes
-	start := -1
-	for i := range s {
-		if s[i].bytes-base >= 2*1514 {
-			start = max(i-1, 0)
-			break
-		}
-	}
-	if start < 0 {
-		return 0, 0, fmt.Errorf("no traffic seen (counter %d → %d)", base, s[len(s)-1].bytes)
-	}
-	t0 := s[start].at
-	at := func(t time.Time) (float64, error) {
-		for i := 1; i < len(s); i++ {
-			if !s[i].at.Before(t) {
-				a, b := s[i-1], s[i]
-				f := float64(t.Sub(a.at)) / float64(b.at.Sub(a.at))
-				return float64(a.bytes) + f*float64(b.bytes-a.bytes), nil
-			}
-		}
-		return 0, fmt.Errorf("the flow ended before %v", t.Sub(t0))
-	}
-	rate := func(from, to time.Duration) (float64, error) {
-		a, err := at(t0.Add(from))
-		if err != nil {
-			return 0, err
-		}
-		b, err := at(t0.Add(to))
-		if err != nil {
-			return 0, err
-		}
-		return (b - a) * 8 / (to - from).Seconds(), nil
-	}
-	if first, err = rate(0, time.Second); err != nil {
-		return 0, 0, err
-	}
-	steady, err = rate(steadyFrom, d-250*time.Millisecond)
-	return first, steady, err
-}
-
-// accTbfCounter reads the byte counter of the root tbf of dev.
-func accTbfCounter(dev string) (func() (uint64, error), error) {
-	link, err := netlink.LinkByName(dev)
-	if err != nil {
-		return nil, err
-	}
-	return func() (uint64, error) {
-		qdiscs, err := netlink.QdiscList(link)
-		if err != nil {
-			return 0, err
-		}
-		for _, q := range qdiscs {
-			a := q.Attrs()
-			if q.Type() == "tbf" && a.Parent == netlink.HANDLE_ROOT && a.Statistics != nil && a.Statistics.Basic != nil {
-				return a.Statistics.Basic.Bytes, nil
-			}
-		}
-		return 0, fmt.Errorf("no root tbf on %s", dev)
-	}, nil
-}
-
-func accWaitListening(ctx context.Context, pin, port string) error {
-	for {
-		out, err := exec.CommandContext(ctx, "nsenter", "--net="+pin, "--", "ss", "-Hltn", "sport = :"+port).Output()
-		if err == nil && strings.TrimSpace(string(out)) != "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("nothing listens on port %s", port)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// accProbes times 8-byte UDP datagrams from the pod to an echo socket on
-// the gateway and back.
-type accProbes struct {
-	server, client net.PacketConn
-	done           chan struct{}
-	wg             sync.WaitGroup
-	mu             sync.Mutex
-	sent           int
-	rtts           []time.Duration
-}
-
-func accStartProbes(p *accPod, gw string, after, every time.Duration) (*accProbes, error) {
-	server, err := net.ListenPacket("udp4", gw+":0")
-	if err != nil {
-		return nil, fmt.Errorf("echo socket on %s: %w", gw, err)
-	}
-	var client net.PacketConn
-	err = ns.WithNetNSPath(p.netPin, func(ns.NetNS) (err error) {
-		client, err = net.ListenPacket("udp4", p.ip+":0")
-		return err
-	})
-	if err != nil {
-		server.Close()
-		return nil, fmt.Errorf("probe socket in the pod: %w", err)
-	}
-	r := &accProbes{server: server, client: client, done: make(chan struct{})}
-	r.wg.Add(3)
-	go func() { // echo
-		defer r.wg.Done()
-		buf := make([]byte, 64)
-		for {
-			n, from, err := server.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = server.WriteTo(buf[:n], from)
-		}
-	}()
-	go func() { // answers
-		defer r.wg.Done()
-		buf := make([]byte, 64)
-		for {
-			n, _, err := client.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if n == 8 {
-				rtt := time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(buf))))
-				r.mu.Lock()
-				r.rtts = append(r.rtts, rtt)
-				r.mu.Unlock()
-			}
-		}
-	}()
-	go func() { // probes
-		defer r.wg.Done()
-		select {
-		case <-r.done:
-			return
-		case <-time.After(after):
-		}
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for {
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
-			if _, err := client.WriteTo(b[:], server.LocalAddr()); err == nil {
-				r.mu.Lock()
-				r.sent++
-				r.mu.Unlock()
-			}
-			select {
-			case <-r.done:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	return r, nil
-}
-
-// stop waits briefly for late answers and returns the median and maximum
-// RTT, how many probes got no answer and how many were sent.
-func (r *accProbes) stop() (p50, maxRTT time.Duration, lost, sent int) {
-	close(r.done)
-	time.Sleep(300 * time.Millisecond)
-	r.server.Close()
-	r.client.Close()
-	r.wg.Wait()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	sent, lost = r.sent, r.sent-len(r.rtts)
-	if len(r.rtts) == 0 {
-		return 0, 0, lost, sent
-	}
-	slices.Sort(r.rtts)
-	return r.rtts[len(r.rtts)/2], r.rtts[len(r.rtts)-1], lost, sent
 }
 
 // accGateway is the first address of subnet: the bridge's.
@@ -552,9 +330,4 @@ func accBytes(b uint64) string {
 		return fmt.Sprintf("%.0f KiB", float64(b)/1024)
 	}
 	return fmt.Sprintf("%d B", b)
-}
-
-func accSysctl(path string) string {
-	b, _ := os.ReadFile(path)
-	return strings.TrimSpace(string(b))
 }
