@@ -108,10 +108,14 @@ vm-image: vm-deps
 
 # sandbox needs cgo (runc's specconv): built here, bookworm's glibc as in the
 # VM. The pause test builds pause itself: warm the VM's Go cache for it.
+# VM_INTEGRATION=1 adds the integration suite (about 25 min under TCG).
+VM_INTEGRATION  ?=
 vm-bins: pause
 	@mkdir -p $(BIN)/vm
 	for p in cgroups pause netns; do CGO_ENABLED=0 $(GO) test -c -o $(BIN)/vm/$$p.test ./$$p || exit 1; done
 	CGO_ENABLED=1 $(GO) test -c -tags "$(PEAPOD_TAGS)" -o $(BIN)/vm/sandbox.test ./sandbox
+	rm -f $(BIN)/vm/integration.test
+	$(if $(VM_INTEGRATION),CGO_ENABLED=0 $(GO) test -c -o $(BIN)/vm/integration.test ./integration)
 	cd pause && GOCACHE=$(VM_CACHE)/gocache GOFLAGS=-buildvcs=false CGO_ENABLED=0 \
 		$(GO) build -trimpath -ldflags "-s -w" -o /dev/null .
 

@@ -32,6 +32,30 @@ func cgroupFile(controller, cgPath, file string) string {
 	return filepath.Join("/sys/fs/cgroup", controller, cgPath, file)
 }
 
+// kernelCPUNanos is the cgroup's CPU time as the kernel reports it:
+// cpuacct.usage on v1, usage_usec of cpu.stat on v2.
+func kernelCPUNanos(t testing.TB, cg string) uint64 {
+	t.Helper()
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+		return readUintFile(t, cgroupFile("cpuacct", cg, "cpuacct.usage"))
+	}
+	b, err := os.ReadFile(cgroupFile("cpu", cg, "cpu.stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "usage_usec "); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n * 1000
+		}
+	}
+	t.Fatalf("no usage_usec in cpu.stat of %s", cg)
+	return 0
+}
+
 func readUintFile(t testing.TB, path string) uint64 {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -140,7 +164,7 @@ func TestStatsCPUOneCoreForFiveSeconds(t *testing.T) {
 	// The total, after the burn.
 	time.Sleep(time.Until(started.Add(7 * time.Second)))
 	st = d.containerStats(t, id)
-	kernel := readUintFile(t, cgroupFile("cpuacct", cg, "cpuacct.usage"))
+	kernel := kernelCPUNanos(t, cg)
 	total := float64(st.Cpu.UsageCoreNanoSeconds.Value)
 	t.Logf("cumulative CPU after the burn: %.3f s (kernel %.3f s)", total/1e9, float64(kernel)/1e9)
 	if !within(total, 5e9, 0.15) {
