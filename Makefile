@@ -43,8 +43,10 @@ tools:
 run: build
 	$(BIN)/peapod serve
 
+# Unit and integration tests, then the CRI conformance suite (critest).
 test: build tools
 	PEAPOD_BIN=$(BIN)/peapod PEAPOD_CRICTL=$(BIN)/tools/crictl $(GO) test $(GOTEST_FLAGS) ./...
+	$(MAKE) critest
 
 unit: pause
 	$(GO) test $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /integration)
