@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/opencontainers/cgroups"
+	"golang.org/x/sys/unix"
 )
 
 // SweepOrphans removes the pod cgroups directly under defaultParent whose
@@ -62,6 +63,28 @@ func removeTree(mode Mode, roots map[string]string, cgPath string) error {
 	for _, root := range roots {
 		if err := cgroups.RemovePath(filepath.Join(root, cgPath)); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RemoveParentIfEmpty removes defaultParent from every hierarchy when no pod
+// cgroup is left beneath it, so an instance that stops with no pods leaves
+// nothing behind (instances with a non-default root each have their own
+// parent). A parent that still holds pods, or is already gone, is fine.
+func RemoveParentIfEmpty(defaultParent string) error {
+	if err := checkPath(defaultParent); err != nil || defaultParent == "/" {
+		return fmt.Errorf("remove cgroup parent %q: must be an absolute, clean path below /", defaultParent)
+	}
+	roots, err := hierarchyRoots(hostMode())
+	if err != nil {
+		return fmt.Errorf("remove cgroup parent %s: %w", defaultParent, err)
+	}
+	var errs []error
+	for _, root := range roots {
+		err := os.Remove(filepath.Join(root, defaultParent))
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EBUSY) {
+			errs = append(errs, fmt.Errorf("remove cgroup parent %s: %w", filepath.Join(root, defaultParent), err))
 		}
 	}
 	return errors.Join(errs...)

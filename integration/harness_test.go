@@ -106,7 +106,17 @@ func startDaemon(t testing.TB, opts ...daemonOpt) *daemon {
 	d.start()
 	t.Cleanup(func() {
 		d.cleanupPods()
+		parent := ""
+		if d.conn != nil {
+			parent = d.cgroupParent(t)
+		}
 		d.stop()
+		// A daemon that stops with no pods leaves no cgroup parent.
+		if parent != "" {
+			if left, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent)); len(left) > 0 {
+				t.Errorf("instance cgroup parent left after shutdown: %v", left)
+			}
+		}
 		_ = exec.Command("ip", "link", "del", d.Bridge).Run()
 		if t.Failed() {
 			b, _ := os.ReadFile(d.logPath)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"peapod/cgroups"
 	"peapod/cri"
 	"peapod/image"
 	"peapod/netns"
@@ -223,5 +224,12 @@ func serve(args []string) error {
 		srv.Stop()
 	}()
 	log.Info("peapod serving CRI", "socket", cfg.Socket, "root", cfg.Root, "state", cfg.State, "version", version, "network", network.Describe())
-	return srv.Serve(cfg.Socket)
+	err = srv.Serve(cfg.Socket)
+	mgr.Close()
+	// Running pods keep their cgroups; an instance with none leaves no
+	// parent cgroup behind.
+	if perr := cgroups.RemoveParentIfEmpty(cfg.cgroupParent()); perr != nil {
+		log.Warn("remove default cgroup parent", "err", perr)
+	}
+	return err
 }
