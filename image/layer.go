@@ -13,6 +13,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/atomicfile"
 )
 
 // maxConcurrentLayers is how many layers one pull downloads at once, the
@@ -112,7 +114,7 @@ func (s *Store) unpackAndCommit(ctx context.Context, src layerSource, fetch blob
 		}
 		return fmt.Errorf("commit layer %s: %w", src.diffID, err)
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -195,5 +197,5 @@ func (s *Store) storeConfig(hex string, b []byte) error {
 	if err := os.Rename(tmp, dst); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(dst))
+	return atomicfile.SyncDir(filepath.Dir(dst))
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/atomicfile"
 )
 
 // rootfsRecord is <root>/containers/<id>/rootfs.json: the layers a
@@ -126,7 +128,7 @@ func (s *Store) prepareRootfsLocked(dir, imageID string, diffIDs []string) (root
 	if err != nil {
 		return rec, err
 	}
-	return rec, writeFileAtomic(recPath, b, 0o600)
+	return rec, atomicfile.WriteFile(recPath, b, 0o600)
 }
 
 // rootfsRecords reads every container's record. Callers hold the lock.

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/atomicfile"
 )
 
 // A session is the scratch directory of one open Store: half-unpacked
@@ -104,7 +106,7 @@ func (l *lease) add(hex ...string) error {
 	l.s.lock()
 	defer l.s.unlock()
 	l.hex = append(l.hex, hex...)
-	return writeFileAtomic(l.path, []byte(strings.Join(l.hex, "\n")+"\n"), 0o600)
+	return atomicfile.WriteFile(l.path, []byte(strings.Join(l.hex, "\n")+"\n"), 0o600)
 }
 
 func (l *lease) release() { _ = os.Remove(l.path) }

@@ -18,6 +18,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/atomicfile"
 )
 
 // ErrNotFound is returned (wrapped) when no image matches a reference.
@@ -309,7 +311,7 @@ func (s *Store) writeRecordsLocked() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(s.recordsPath(), b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(s.recordsPath(), b, 0o600); err != nil {
 		return fmt.Errorf("write image records: %w", err)
 	}
 	var st unix.Stat_t
@@ -647,46 +649,6 @@ func diskUsage(root string) (usage, error) {
 		return nil
 	})
 	return u, err
-}
-
-// writeFileAtomic writes a file so that a crash leaves the old or the new
-// content: temp file in the same directory, fsync, rename, fsync directory.
-func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func randomHex(n int) string {

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 
 	"peapod/image"
+	"peapod/internal/atomicfile"
 	"peapod/shim"
 )
 
@@ -63,7 +64,7 @@ func (m *Manager) saveContainer(c *Container) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, c.ID+".json"), b, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, c.ID+".json"), b, 0o600)
 }
 
 func (m *Manager) publishContainer(ce *centry, c *Container) {

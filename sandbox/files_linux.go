@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/atomicfile"
 )
 
 // Files prepared for the pod's containers, under the sandbox's runtime dir.
@@ -69,7 +71,7 @@ func writePodFiles(dir, hostname, ip string, dns *DNSConfig) error {
 		hostsFile:    hostsContent(hostname, ip),
 	}
 	for name, content := range files {
-		if err := writeFileAtomic(filepath.Join(dir, name), content, 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, name), content, 0o644); err != nil {
 			return fmt.Errorf("write pod %s: %w", name, err)
 		}
 	}

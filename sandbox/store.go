@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"peapod/internal/atomicfile"
 )
 
 // store keeps one JSON record per sandbox under <root>/sandboxes/<id>/.
@@ -28,14 +30,14 @@ func (s *store) save(sb *Sandbox) error {
 	if err := os.MkdirAll(filepath.Join(s.dir, sb.ID), 0o700); err != nil {
 		return fmt.Errorf("persist sandbox %s: %w", sb.ID, err)
 	}
-	return writeFileAtomic(s.path(sb.ID), b, 0o600)
+	return atomicfile.WriteFile(s.path(sb.ID), b, 0o600)
 }
 
 func (s *store) remove(id string) error {
 	if err := os.RemoveAll(filepath.Join(s.dir, id)); err != nil {
 		return fmt.Errorf("remove record of sandbox %s: %w", id, err)
 	}
-	return syncDir(s.dir)
+	return atomicfile.SyncDir(s.dir)
 }
 
 // loadAll returns every readable record; ids is every directory found,
@@ -71,44 +73,4 @@ func validID(id string) bool {
 		return false
 	}
 	return strings.Trim(id, "0123456789abcdef") == ""
-}
-
-// writeFileAtomic writes data to a temporary file in the same directory,
-// syncs it, renames it over path and syncs the directory.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
