@@ -116,14 +116,10 @@ func (e exitError) String() string  { return e.Error() }
 func (e exitError) Exited() bool    { return true }
 func (e exitError) ExitStatus() int { return int(e) }
 
-// startStreaming listens on 127.0.0.1:port (0 picks one).
-// StartStreaming starts the exec/attach/port-forward server on addr
-// (host:port; port 0 picks one). Keep it on loopback: it has no auth.
-func (s *Server) StartStreaming(addr string) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("streaming server: %w", err)
-	}
+// StartStreaming serves exec/attach/port-forward on l, which it owns from
+// then on. Keep it on loopback: it has no auth. (A rootless daemon gets l
+// from its parent, bound in the host's network namespace.)
+func (s *Server) StartStreaming(l net.Listener) error {
 	cfg := streaming.DefaultConfig
 	cfg.Addr = l.Addr().String()
 	srv, err := streaming.NewServer(cfg, streamRuntime{m: s.sandboxes})

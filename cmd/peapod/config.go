@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"peapod/rootless"
 )
 
 // config is the daemon's configuration: defaults, then the TOML file, then
@@ -25,8 +27,25 @@ type config struct {
 	// files: mirrors, plain-http registries, TLS settings.
 	RegistryConfigDir string `toml:"registry_config_dir"`
 	// StreamAddress is where exec/attach/port-forward are served.
-	StreamAddress string    `toml:"stream_address"`
-	CNI           cniConfig `toml:"cni"`
+	StreamAddress string         `toml:"stream_address"`
+	CNI           cniConfig      `toml:"cni"`
+	Rootless      rootlessConfig `toml:"rootless"`
+
+	// mode is how this process runs (root, rootless parent or daemon);
+	// defaultRootDir is the default of Root for that mode.
+	mode           rootless.Mode
+	defaultRootDir string
+	// rootlessUser names the user a rootless instance belongs to.
+	rootlessUser string
+}
+
+// rootlessConfig tunes a rootless instance (ignored as root).
+type rootlessConfig struct {
+	// Net is auto, slirp4netns or pasta.
+	Net string `toml:"net"`
+	// HostLoopback lets the daemon and pods reach the host's 127.0.0.1
+	// through the network helper's gateway address (10.0.2.2).
+	HostLoopback bool `toml:"host_loopback"`
 }
 
 type cniConfig struct {
@@ -57,8 +76,10 @@ const (
 	defaultState  = "/run/peapod"
 )
 
-func defaultConfig() config {
-	return config{
+// defaultConfig is the configuration before the config file and flags: the
+// system paths as root, the user's XDG paths when rootless.
+func defaultConfig() (config, error) {
+	c := config{
 		Socket:        defaultSocket,
 		Root:          defaultRoot,
 		State:         defaultState,
@@ -75,7 +96,38 @@ func defaultConfig() config {
 
 			DelRetryInterval: duration{30 * time.Second},
 		},
+		Rootless:       rootlessConfig{Net: rootless.NetAuto},
+		mode:           rootless.Detect(),
+		defaultRootDir: defaultRoot,
 	}
+	if c.mode == rootless.Root {
+		return c, nil
+	}
+	name, uid := rootless.Owner()
+	p, err := rootless.DefaultPaths(uid, os.Getenv)
+	if err != nil {
+		return c, err
+	}
+	c.Socket, c.Root, c.State, c.defaultRootDir = p.Socket, p.Root, p.State, p.Root
+	c.rootlessUser = name
+	return c, nil
+}
+
+// defaultConfigFile is loaded when no --config is given and it exists:
+// none as root, $XDG_CONFIG_HOME/peapod/peapod.toml when rootless.
+func defaultConfigFile() string {
+	if rootless.Detect() == rootless.Root {
+		return ""
+	}
+	_, uid := rootless.Owner()
+	p, err := rootless.DefaultPaths(uid, os.Getenv)
+	if err != nil || p.Config == "" {
+		return ""
+	}
+	if _, err := os.Stat(p.Config); err != nil {
+		return ""
+	}
+	return p.Config
 }
 
 // defaultCNIBinDirs searches the plugins built next to the binary first
@@ -111,14 +163,22 @@ func (c *config) instanceTag() string {
 	return hex.EncodeToString(sum[:])[:4]
 }
 
+// cgroupParent is the cgroup of pods that name none. As root: /peapod,
+// or /peapod-<tag> for an instance with a non-default root. Rootless, the
+// same names go under the subtree root delegated to the user,
+// /peapod-<user> (see `peapod check`).
 func (c *config) cgroupParent() string {
 	if c.DefaultCgroupParent != "" {
 		return c.DefaultCgroupParent
 	}
-	if filepath.Clean(c.Root) == defaultRoot {
-		return "/peapod"
+	name := "peapod"
+	if filepath.Clean(c.Root) != c.defaultRootDir {
+		name = "peapod-" + c.instanceTag()
 	}
-	return "/peapod-" + c.instanceTag()
+	if c.mode != rootless.Root {
+		return "/peapod-" + c.rootlessUser + "/" + name
+	}
+	return "/" + name
 }
 
 func (c *config) validate() error {
@@ -129,6 +189,9 @@ func (c *config) validate() error {
 	}
 	if c.CgroupDriver != "cgroupfs" {
 		return fmt.Errorf("cgroup driver %q is not supported yet; use cgroupfs", c.CgroupDriver)
+	}
+	if _, err := rootless.ParseNet(c.Rootless.Net); err != nil {
+		return err
 	}
 	if c.CNI.Timeout.Duration <= 0 || c.CNI.DelRetryInterval.Duration <= 0 {
 		return fmt.Errorf("cni.timeout and cni.del_retry_interval must be positive")

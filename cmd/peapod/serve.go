@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"peapod/image"
 	"peapod/netns"
 	"peapod/pause/embedded"
+	"peapod/rootless"
 	"peapod/sandbox"
 )
 
@@ -47,8 +49,12 @@ func (l *listFlag) Set(v string) error {
 
 // parseConfig reads defaults, then --config, then the other flags.
 func parseConfig(name string, args []string) (*config, error) {
-	cfg := defaultConfig()
+	cfg, err := defaultConfig()
+	if err != nil {
+		return nil, err
+	}
 	// The config file goes first so that flags override it.
+	configFile := defaultConfigFile()
 	for i, a := range args {
 		var path string
 		if a == "--config" || a == "-config" {
@@ -61,9 +67,12 @@ func parseConfig(name string, args []string) (*config, error) {
 			path = v
 		}
 		if path != "" {
-			if err := loadConfigFile(path, &cfg); err != nil {
-				return nil, err
-			}
+			configFile = path
+		}
+	}
+	if configFile != "" {
+		if err := loadConfigFile(configFile, &cfg); err != nil {
+			return nil, err
 		}
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -83,6 +92,8 @@ func parseConfig(name string, args []string) (*config, error) {
 	fs.StringVar(&cfg.CNI.Subnet, "pod-subnet", cfg.CNI.Subnet, "pod subnet of the embedded default network")
 	fs.DurationVar(&cfg.CNI.Timeout.Duration, "cni-timeout", cfg.CNI.Timeout.Duration, "bound on one CNI ADD or DEL")
 	fs.DurationVar(&cfg.CNI.DelRetryInterval.Duration, "cni-del-retry-interval", cfg.CNI.DelRetryInterval.Duration, "how often a failed CNI DEL is retried")
+	fs.StringVar(&cfg.Rootless.Net, "rootless-net", cfg.Rootless.Net, "rootless: outbound network helper (auto, slirp4netns or pasta)")
+	fs.BoolVar(&cfg.Rootless.HostLoopback, "rootless-host-loopback", cfg.Rootless.HostLoopback, "rootless: let the daemon and pods reach the host's 127.0.0.1 at the gateway address (10.0.2.2)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -149,6 +160,39 @@ func newNetwork(cfg *config) (*netns.Network, error) {
 	})
 }
 
+// serveRootlessParent is `peapod serve` run by an ordinary user: it sets up
+// the user, mount and network namespaces and runs the daemon inside them
+// (see package rootless).
+func serveRootlessParent(cfg *config, args []string, log *slog.Logger) error {
+	_, uid := rootless.Owner()
+	if err := rootless.EnsureOwnDir(cfg.State, uid); err != nil {
+		return err
+	}
+	pause, err := installPause(cfg.State)
+	if err != nil {
+		return fmt.Errorf("install pause: %w", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	// The daemon gets the paths resolved here, so that both agree even
+	// where its environment would give other defaults.
+	daemonArgs := append(append([]string{}, args...), "--socket", cfg.Socket, "--root", cfg.Root, "--state", cfg.State)
+	return rootless.RunParent(rootless.ParentOptions{
+		Exe:         exe,
+		DaemonArgs:  daemonArgs,
+		StateDir:    cfg.State,
+		PauseBinary: pause,
+		Net:         rootless.NetOptions{Kind: cfg.Rootless.Net, HostLoopback: cfg.Rootless.HostLoopback},
+		Log:         log,
+		HasPods: func() bool {
+			entries, _ := os.ReadDir(filepath.Join(cfg.Root, "sandboxes"))
+			return len(entries) > 0
+		},
+	})
+}
+
 func serve(args []string) error {
 	cfg, err := parseConfig("peapod serve", args)
 	if err != nil {
@@ -158,8 +202,13 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	if os.Geteuid() != 0 {
-		return fmt.Errorf("peapod serve must run as root for now (rootless mode is not built yet)")
+	if cfg.mode == rootless.Parent {
+		return serveRootlessParent(cfg, args, log)
+	}
+	var child rootless.ChildInfo
+	if cfg.mode == rootless.Child {
+		child = rootless.ChildEnv()
+		log.Info("rootless daemon", "user", child.User, "uid", child.UID, "rootlesskit", child.RootlessKit)
 	}
 	if cfg.RegistryConfigDir == "" {
 		cfg.RegistryConfigDir = defaultRegistryConfigDir
@@ -212,7 +261,12 @@ func serve(args []string) error {
 			"registryConfigDir": cfg.RegistryConfigDir,
 		},
 	}, log)
-	if err := srv.StartStreaming(cfg.StreamAddress); err != nil {
+	streamListener, err := net.Listen("tcp", cfg.StreamAddress)
+	if err != nil {
+		return fmt.Errorf("streaming server: %w", err)
+	}
+	if err := srv.StartStreaming(streamListener); err != nil {
+		streamListener.Close()
 		return err
 	}
 
