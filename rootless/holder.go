@@ -76,6 +76,15 @@ func (r *holderRecord) teardown(stateDir string) {
 	_ = os.Remove(recordPath(stateDir))
 }
 
+// Teardown ends the namespaces recorded under stateDir: for a daemon that
+// stops with no pods after its parent is gone (killed), so that nobody
+// else would.
+func Teardown(stateDir string) {
+	if r, err := readRecord(stateDir); err == nil {
+		r.teardown(stateDir)
+	}
+}
+
 // idMap is one user's mapping: 0 → the user, 1..Size-1 → subordinate ids.
 type idMap struct {
 	ID       int // the user's uid or gid

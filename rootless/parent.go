@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"peapod/rootless/binder"
 )
 
 // SubIDCount is how many subordinate ids the namespaces map (uids 1..65536
@@ -36,9 +37,6 @@ type ParentOptions struct {
 	PauseBinary string
 	Net         NetOptions
 	Log         *slog.Logger
-	// ServeBinds answers the daemon's requests for host sockets on conn
-	// until ctx ends or conn closes.
-	ServeBinds func(ctx context.Context, conn *net.UnixConn) error
 	// HasPods tells, once the daemon has exited, whether pods remain:
 	// the holder then stays so that a new daemon finds them.
 	HasPods func() bool
@@ -84,18 +82,10 @@ func RunParent(opts ParentOptions) error {
 	}
 
 	// The binder: the daemon asks for host sockets on its end (fd 3).
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	conn, theirs, err := binder.Pair()
 	if err != nil {
 		return err
 	}
-	ours, theirs := os.NewFile(uintptr(fds[0]), "binder"), os.NewFile(uintptr(fds[1]), "binder-daemon")
-	fc, err := net.FileConn(ours)
-	ours.Close()
-	if err != nil {
-		theirs.Close()
-		return err
-	}
-	conn := fc.(*net.UnixConn)
 	defer conn.Close()
 
 	pid := strconv.Itoa(rec.Holder.PID)
@@ -116,13 +106,11 @@ func RunParent(opts ParentOptions) error {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if opts.ServeBinds != nil {
-		go func() {
-			if err := opts.ServeBinds(ctx, conn); err != nil && ctx.Err() == nil {
-				opts.Log.Debug("binder ended", "err", err)
-			}
-		}()
-	}
+	go func() {
+		if err := binder.Serve(ctx, conn, nil); err != nil && ctx.Err() == nil {
+			opts.Log.Warn("binder ended", "err", err)
+		}
+	}()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)

@@ -20,6 +20,7 @@ import (
 	"peapod/netns"
 	"peapod/pause/embedded"
 	"peapod/rootless"
+	"peapod/rootless/binder"
 	"peapod/sandbox"
 )
 
@@ -81,7 +82,7 @@ func parseConfig(name string, args []string) (*config, error) {
 	fs.StringVar(&cfg.Root, "root", cfg.Root, "persistent state directory")
 	fs.StringVar(&cfg.State, "state", cfg.State, "runtime state directory (pins, pod files)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
-	fs.StringVar(&cfg.CgroupDriver, "cgroup-driver", cfg.CgroupDriver, "cgroup driver (cgroupfs)")
+	fs.StringVar(&cfg.CgroupDriver, "cgroup-driver", cfg.CgroupDriver, "cgroup driver, as the kubelet's cgroupDriver: cgroupfs, or systemd (pods in slices, pause and containers in scopes; needs systemd as init)")
 	fs.StringVar(&cfg.DefaultCgroupParent, "cgroup-parent", cfg.DefaultCgroupParent, "cgroup for pods that name none (default /peapod, or /peapod-<tag> for a non-default --root)")
 	fs.StringVar(&cfg.RegistryConfigDir, "registry-config-dir", cfg.RegistryConfigDir, "containerd-style hosts.toml directory for registry mirrors and plain-http registries")
 	fs.StringVar(&cfg.StreamAddress, "stream-address", cfg.StreamAddress, "address of the exec/attach/port-forward server")
@@ -186,11 +187,14 @@ func serveRootlessParent(cfg *config, args []string, log *slog.Logger) error {
 		PauseBinary: pause,
 		Net:         rootless.NetOptions{Kind: cfg.Rootless.Net, HostLoopback: cfg.Rootless.HostLoopback},
 		Log:         log,
-		HasPods: func() bool {
-			entries, _ := os.ReadDir(filepath.Join(cfg.Root, "sandboxes"))
-			return len(entries) > 0
-		},
+		HasPods:     func() bool { return hasPods(cfg.Root) },
 	})
+}
+
+// hasPods tells whether the instance at root has any pod record.
+func hasPods(root string) bool {
+	entries, _ := os.ReadDir(filepath.Join(root, "sandboxes"))
+	return len(entries) > 0
 }
 
 func serve(args []string) error {
@@ -205,10 +209,19 @@ func serve(args []string) error {
 	if cfg.mode == rootless.Parent {
 		return serveRootlessParent(cfg, args, log)
 	}
-	var child rootless.ChildInfo
+	// hostSockets binds sockets in the host's network namespace for a
+	// rootless daemon started by a peapod parent.
+	var hostSockets *binder.Client
+	startPPID := os.Getppid()
 	if cfg.mode == rootless.Child {
-		child = rootless.ChildEnv()
+		child := rootless.ChildEnv()
 		log.Info("rootless daemon", "user", child.User, "uid", child.UID, "rootlesskit", child.RootlessKit)
+		if child.Binder != nil {
+			if hostSockets, err = binder.New(child.Binder); err != nil {
+				return err
+			}
+			defer hostSockets.Close()
+		}
 	}
 	if cfg.RegistryConfigDir == "" {
 		cfg.RegistryConfigDir = defaultRegistryConfigDir
@@ -240,6 +253,7 @@ func serve(args []string) error {
 		StateDir:            cfg.State,
 		InstanceTag:         cfg.instanceTag(),
 		DefaultCgroupParent: cfg.cgroupParent(),
+		CgroupDriver:        cfg.CgroupDriver,
 		PauseBinary:         pause,
 		Network:             network,
 		NetworkTimeout:      cfg.CNI.Timeout.Duration,
@@ -261,7 +275,13 @@ func serve(args []string) error {
 			"registryConfigDir": cfg.RegistryConfigDir,
 		},
 	}, log)
-	streamListener, err := net.Listen("tcp", cfg.StreamAddress)
+	// A rootless daemon serves streams on the host's loopback, where
+	// crictl and the kubelet are, through a socket its parent binds.
+	listen := net.Listen
+	if hostSockets != nil {
+		listen = hostSockets.Listen
+	}
+	streamListener, err := listen("tcp", cfg.StreamAddress)
 	if err != nil {
 		return fmt.Errorf("streaming server: %w", err)
 	}
@@ -272,17 +292,31 @@ func serve(args []string) error {
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	var parentGone <-chan struct{}
+	if hostSockets != nil {
+		parentGone = hostSockets.Done()
+	}
 	go func() {
-		s := <-sigs
-		log.Info("shutting down; pods keep running", "signal", s.String())
+		select {
+		case s := <-sigs:
+			log.Info("shutting down; pods keep running", "signal", s.String())
+		case <-parentGone:
+			log.Warn("the rootless parent is gone; shutting down, pods keep running")
+		}
 		srv.Stop()
 	}()
 	log.Info("peapod serving CRI", "socket", cfg.Socket, "root", cfg.Root, "state", cfg.State, "version", version, "network", network.Describe())
 	err = srv.Serve(cfg.Socket)
 	mgr.Close()
+	// The parent removes the namespaces of an instance with no pods; if
+	// it was killed, that is left to us.
+	if parentGone != nil && os.Getppid() != startPPID && !hasPods(cfg.Root) {
+		log.Info("no pods left and the rootless parent is gone: removing the namespaces")
+		rootless.Teardown(cfg.State)
+	}
 	// Running pods keep their cgroups; an instance with none leaves no
 	// parent cgroup behind.
-	if perr := cgroups.RemoveParentIfEmpty(cfg.cgroupParent()); perr != nil {
+	if perr := mgr.RemoveCgroupParentIfEmpty(); perr != nil {
 		log.Warn("remove default cgroup parent", "err", perr)
 	}
 	return err
