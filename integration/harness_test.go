@@ -67,6 +67,11 @@ type daemon struct {
 	Bridge  string
 	Subnet  string
 	Extra   []string
+	// user is set for a rootless instance (withRootless); exe is the
+	// binary to run, base the instance's private dir.
+	user    *rootlessUser
+	exe     string
+	base    string
 	cmd     *exec.Cmd
 	logPath string
 	conn    *grpc.ClientConn
@@ -98,6 +103,8 @@ func startDaemon(t testing.TB, opts ...daemonOpt) *daemon {
 		Bridge:  fmt.Sprintf("ppt%d", n%250),
 		Subnet:  fmt.Sprintf("10.99.%d.0/24", n%250),
 		logPath: filepath.Join(base, "daemon.log"),
+		exe:     peapodBin,
+		base:    base,
 	}
 	for _, o := range opts {
 		o(d)
@@ -151,9 +158,12 @@ func (d *daemon) start() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	d.cmd = exec.Command(peapodBin, d.args()...)
+	d.cmd = exec.Command(d.exe, d.args()...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if d.user != nil {
+		d.user.asUser(d.cmd)
+	}
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}
@@ -179,11 +189,17 @@ func (d *daemon) start() {
 	d.RT = runtime.NewRuntimeServiceClient(conn)
 }
 
-// kill9 kills the daemon the hard way; its pods keep running.
+// kill9 kills the daemon the hard way; its pods keep running. A rootless
+// instance loses both its processes: the daemon, then its parent.
 func (d *daemon) kill9() {
 	if d.conn != nil {
 		d.conn.Close()
 		d.conn = nil
+	}
+	if d.user != nil {
+		if pid := d.innerDaemon(); pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 	if d.cmd != nil && d.cmd.Process != nil {
 		_ = d.cmd.Process.Signal(syscall.SIGKILL)
@@ -337,7 +353,7 @@ func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 	// the host at the same time.)
 	tag := d.instanceTag(t)
 	var links []string
-	for _, l := range strings.Split(run(t, "ip", "-o", "link", "show"), "\n") {
+	for _, l := range strings.Split(d.hostOut(t, "ip", "-o", "link", "show"), "\n") {
 		f := strings.Fields(l)
 		if len(f) < 2 {
 			continue
@@ -350,15 +366,14 @@ func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 	}
 	s["link"] = links
 	for _, name := range links {
-		for _, q := range strings.Split(run(t, "tc", "qdisc", "show", "dev", name), "\n") {
+		for _, q := range strings.Split(d.hostOut(t, "tc", "qdisc", "show", "dev", name), "\n") {
 			if strings.TrimSpace(q) != "" {
 				s["qdisc"] = append(s["qdisc"], q)
 			}
 		}
 	}
 	// Mounts under the instance's dirs: pins and shm.
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, l := range strings.Split(string(mi), "\n") {
+	for _, l := range strings.Split(d.mountinfo(t), "\n") {
 		if strings.Contains(l, d.State) || strings.Contains(l, d.Root) {
 			f := strings.Fields(l)
 			s["mount"] = append(s["mount"], f[4])
@@ -384,7 +399,7 @@ func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 		}
 	}
 	// NAT rules the CNI plugins made (masquerade, hostPorts), by network name.
-	if out, err := exec.Command("iptables-save", "-t", "nat").CombinedOutput(); err == nil {
+	if out, err := d.hostCmd(t, "iptables-save", "-t", "nat").CombinedOutput(); err == nil {
 		for _, l := range strings.Split(string(out), "\n") {
 			if strings.Contains(l, "CNI-") && (strings.HasPrefix(l, "-A") || strings.HasPrefix(l, ":")) && strings.Contains(l, d.Bridge) {
 				s["iptables"] = append(s["iptables"], l)
