@@ -46,6 +46,12 @@ type PodCgroup struct {
 	CreatedPod bool `json:"createdPod"`
 	// PausePath is the pause's cgroup, <PodPath>/<sandboxID>.
 	PausePath string `json:"pausePath"`
+	// Driver is DriverSystemd for cgroups made through systemd (see
+	// systemd.go: PausePath is then <PodPath>/peapod-<sandboxID>.scope);
+	// empty means cgroupfs.
+	Driver string `json:"driver,omitempty"`
+	// Slice is the pod's slice unit (systemd driver only).
+	Slice string `json:"slice,omitempty"`
 }
 
 // Where the hierarchies live. Tests repoint them to run the v2 code on this
@@ -137,6 +143,9 @@ func (p PodCgroup) AddPause(pid int) error {
 	if err := p.check(); err != nil {
 		return err
 	}
+	if p.Driver == DriverSystemd {
+		return p.addPauseSystemd(pid)
+	}
 	roots, err := hierarchyRoots(p.Mode)
 	if err != nil {
 		return err
@@ -158,7 +167,7 @@ func (p PodCgroup) AddPause(pid int) error {
 // That only covers the unified hierarchy of a v2 host: on v1 it returns
 // -1, nil and the caller uses AddPause. The caller closes the fd.
 func (p PodCgroup) PauseCgroupFD() (int, error) {
-	if p.Mode != ModeV2 {
+	if p.Mode != ModeV2 || p.Driver == DriverSystemd { // systemd: AddPause starts its scope
 		return -1, nil
 	}
 	if err := p.check(); err != nil {
@@ -184,6 +193,9 @@ func (p PodCgroup) Remove() error {
 	}
 	if err := p.check(); err != nil {
 		return err
+	}
+	if p.Driver == DriverSystemd {
+		return p.removeSystemd()
 	}
 	roots, err := hierarchyRoots(p.Mode)
 	if err != nil {
@@ -238,6 +250,9 @@ func (p PodCgroup) Exists() bool {
 func (p PodCgroup) check() error {
 	if p.Mode != ModeV1 && p.Mode != ModeV2 {
 		return fmt.Errorf("pod cgroup %s: unknown cgroup mode %q", p.PodPath, p.Mode)
+	}
+	if p.Driver != "" && (p.Driver != DriverSystemd || checkSlice(p.Slice) != nil) {
+		return fmt.Errorf("pod cgroup %s: unknown driver %q or bad slice %q", p.PodPath, p.Driver, p.Slice)
 	}
 	if checkPath(p.PodPath) != nil || checkPath(p.PausePath) != nil ||
 		p.PodPath == "/" || filepath.Dir(p.PausePath) != p.PodPath {

@@ -10,7 +10,7 @@ import (
 )
 
 func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRequest) (*runtime.RunPodSandboxResponse, error) {
-	spec, err := specFromRequest(req)
+	spec, err := specForDriver(req, s.info.CgroupDriver)
 	if err != nil {
 		return nil, err
 	}
@@ -87,6 +87,7 @@ func verboseInfo(sb *sandbox.Sandbox) string {
 		"reason":     sb.Reason,
 		"namespaces": sb.Namespaces,
 		"cgroup":     sb.Cgroup,
+		"resources":  sb.Resources, // UpdatePodSandboxResources
 		"runtimeDir": sb.Dir,
 		"spec":       sb.Spec,
 	}

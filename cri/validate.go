@@ -34,6 +34,12 @@ const (
 // specFromRequest validates a RunPodSandbox request and converts it. Every
 // error is an InvalidArgument status that names the field.
 func specFromRequest(req *runtime.RunPodSandboxRequest) (*sandbox.Spec, error) {
+	return specForDriver(req, "cgroupfs")
+}
+
+// specForDriver is specFromRequest for a cgroup driver: with systemd the
+// cgroup_parent is a slice name.
+func specForDriver(req *runtime.RunPodSandboxRequest, cgroupDriver string) (*sandbox.Spec, error) {
 	cfg := req.GetConfig()
 	if cfg == nil {
 		return nil, invalid("config is required")
@@ -110,7 +116,7 @@ func specFromRequest(req *runtime.RunPodSandboxRequest) (*sandbox.Spec, error) {
 		}
 	}
 	cp := linux.GetCgroupParent()
-	if err := checkCgroupParent(cp); err != nil {
+	if err := checkCgroupParent(cp, cgroupDriver); err != nil {
 		return nil, err
 	}
 	spec.CgroupParent = cp
@@ -245,9 +251,15 @@ func namespaceMode(kind string, m runtime.NamespaceMode, targetOK bool) (sandbox
 	return "", invalid("namespace_options.%s: unknown mode %d", kind, m)
 }
 
-func checkCgroupParent(p string) error {
+func checkCgroupParent(p, cgroupDriver string) error {
 	if p == "" {
 		return nil
+	}
+	if cgroupDriver == "systemd" {
+		if strings.HasSuffix(p, ".slice") && !strings.Contains(p, "/") && !hasControl(p) {
+			return nil // checked by the driver (cgroups.Driver)
+		}
+		return invalid("cgroup_parent %q is not a systemd slice name such as kubepods-besteffort-pod<uid>.slice; peapod uses the systemd cgroup driver: set the kubelet's cgroupDriver to systemd too", p)
 	}
 	if strings.HasSuffix(p, ".slice") && !strings.HasPrefix(p, "/") {
 		return invalid("cgroup_parent %q is a systemd slice, but peapod uses the cgroupfs driver: set the kubelet's cgroupDriver to cgroupfs", p)

@@ -76,7 +76,7 @@ func shimSpec(sb *Sandbox, c *Container, img image.Image, rootfs string) (shim.C
 		StopSignal:     stopSignal(img.StopSignal),
 	}
 	if sb.Cgroup != nil {
-		spec.CgroupPath = filepath.Join(sb.Cgroup.PodPath, c.ID)
+		spec.CgroupPath = sb.Cgroup.ContainerCgroupsPath(c.ID)
 	}
 	if cfg.Security.SeccompRuntimeDefault && spec.Seccomp == nil {
 		spec.Seccomp = runtimeDefaultSeccomp(spec.Capabilities)

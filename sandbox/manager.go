@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"peapod/cgroups"
 	"peapod/image"
 	"peapod/netns"
 )
@@ -26,8 +27,10 @@ type Config struct {
 	// those of another peapod instance on the same host.
 	InstanceTag         string
 	DefaultCgroupParent string
-	PauseBinary         string
-	Network             *netns.Network
+	// CgroupDriver is cgroups.DriverCgroupfs (default) or DriverSystemd.
+	CgroupDriver string
+	PauseBinary  string
+	Network      *netns.Network
 	// NetworkTimeout bounds one CNI ADD or DEL.
 	NetworkTimeout time.Duration
 	// RetryInterval is how often failed CNI DELs are retried.
@@ -47,9 +50,10 @@ var (
 
 // Manager runs the pod sandboxes of one daemon.
 type Manager struct {
-	cfg   Config
-	store store
-	log   *slog.Logger
+	cfg     Config
+	cgroups cgroups.Driver
+	store   store
+	log     *slog.Logger
 
 	mu        sync.Mutex
 	sandboxes map[string]*entry // by id
@@ -91,7 +95,12 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	cgDriver, err := cgroups.NewDriver(cfg.CgroupDriver, cfg.DefaultCgroupParent)
+	if err != nil {
+		return nil, err
+	}
 	m := &Manager{
+		cgroups:   cgDriver,
 		cfg:       cfg,
 		store:     store{dir: filepath.Join(cfg.RootDir, "sandboxes")},
 		log:       cfg.Log,

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"peapod/cgroups"
 	"peapod/netns"
 )
 
@@ -100,7 +99,7 @@ func (m *Manager) recover(ctx context.Context) error {
 			m.sweepUnrecorded(de.Name())
 		}
 	}
-	if removed, err := cgroups.SweepOrphans(m.cfg.DefaultCgroupParent, keep); err != nil {
+	if removed, err := m.cgroups.SweepOrphans(keep); err != nil {
 		m.log.Warn("sweep orphaned cgroups", "err", err)
 	} else if len(removed) > 0 {
 		m.log.Info("removed orphaned cgroups", "paths", removed)

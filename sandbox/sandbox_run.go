@@ -82,7 +82,7 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	}
 
 	// Pod cgroup.
-	cg, err := cgroups.CreatePodCgroup(rec.Spec.CgroupParent, m.cfg.DefaultCgroupParent, rec.ID)
+	cg, err := m.cgroups.CreatePodCgroup(rec.Spec.CgroupParent, rec.ID)
 	if err != nil {
 		if errors.Is(err, cgroups.ErrInvalidParent) {
 			return fmt.Errorf("%w: %v", ErrInvalid, err)

@@ -384,7 +384,7 @@ func containerCgroup(sb *Sandbox, id string) string {
 	if sb == nil || sb.Cgroup == nil {
 		return path.Join("/", id)
 	}
-	return cgroups.ContainerCgroupPath(sb.Cgroup.PodPath, id)
+	return sb.Cgroup.ContainerPath(id)
 }
 
 // statsSnapshot copies the records stats are made from: the visible

@@ -93,6 +93,8 @@ type Sandbox struct {
 	// background and the attachment is kept until it succeeds.
 	NetworkDetachPending bool   `json:"networkDetachPending,omitempty"`
 	Dir                  string `json:"dir"` // runtime files: pins, resolv.conf, hosts, shm
+	// Resources are the pod-level limits of UpdatePodSandboxResources.
+	Resources *PodResources `json:"resources,omitempty"`
 }
 
 // IP is the primary pod IP, or "".

@@ -458,13 +458,18 @@ func (c *container) update(r *specs.LinuxResources) error {
 	defer c.op.Unlock()
 	cs := c.spec
 	cs.Resources = r
+	cgPath := c.cfg.Cgroups.Path
+	if c.cfg.Cgroups.Systemd { // the systemd driver's "slice:prefix:name"
+		cgPath = c.cfg.Cgroups.Parent + ":" + c.cfg.Cgroups.ScopePrefix + ":" + c.cfg.Cgroups.Name
+	}
 	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{
 		CgroupName: c.id,
 		Spec: &specs.Spec{Linux: &specs.Linux{
-			CgroupsPath: c.cfg.Cgroups.Path,
+			CgroupsPath: cgPath,
 			Resources:   containerResources(&cs),
 		}},
-		RootlessCgroups: c.cfg.RootlessCgroups,
+		RootlessCgroups:  c.cfg.RootlessCgroups,
+		UseSystemdCgroup: c.cfg.Cgroups.Systemd,
 	}, specconv.AllowedDevices)
 	if err != nil {
 		return fmt.Errorf("%w: container %s: resources: %v", ErrInvalid, c.id, err)

@@ -250,6 +250,8 @@ func libcontainerConfig(id string, s *specs.Spec, privileged bool) (*configs.Con
 		// may lack access to the cgroups it is given.
 		RootlessEUID:    os.Geteuid() != 0,
 		RootlessCgroups: os.Geteuid() != 0 || userns.RunningInUserNS(),
+		// "slice:peapod:<id>": the systemd cgroup driver's scope.
+		UseSystemdCgroup: !strings.HasPrefix(s.Linux.CgroupsPath, "/") && strings.Count(s.Linux.CgroupsPath, ":") == 2,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: container %s: %v", ErrInvalid, id, err)

@@ -187,8 +187,10 @@ func (c *config) validate() error {
 			return fmt.Errorf("%s %q must be an absolute path", name, p)
 		}
 	}
-	if c.CgroupDriver != "cgroupfs" {
-		return fmt.Errorf("cgroup driver %q is not supported yet; use cgroupfs", c.CgroupDriver)
+	// Whether systemd is there to drive is checked when the daemon starts
+	// (and by `peapod check`), not here.
+	if c.CgroupDriver != "cgroupfs" && c.CgroupDriver != "systemd" {
+		return fmt.Errorf("cgroup driver %q: use cgroupfs or systemd (as the kubelet's cgroupDriver)", c.CgroupDriver)
 	}
 	if _, err := rootless.ParseNet(c.Rootless.Net); err != nil {
 		return err

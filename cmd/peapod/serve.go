@@ -14,7 +14,6 @@ import (
 	"strings"
 	"syscall"
 
-	"peapod/cgroups"
 	"peapod/cri"
 	"peapod/image"
 	"peapod/netns"
