@@ -179,3 +179,23 @@ func (d *daemon) hostOut(t testing.TB, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+// withRootlessRegistry points a rootless instance at reg. The registry
+// listens on the host's 127.0.0.1, which the daemon reaches through its
+// network helper's gateway (10.0.2.2 with slirp4netns) once host loopback
+// is allowed. Apply it before withRootless, which hands the dir over.
+func withRootlessRegistry(reg *testRegistry) daemonOpt {
+	return func(d *daemon) {
+		_, port, _ := strings.Cut(reg.Host, ":")
+		server := "http://10.0.2.2:" + port
+		dir := filepath.Join(d.base, "certs.d")
+		if err := os.MkdirAll(filepath.Join(dir, "_default"), 0o755); err != nil {
+			d.t.Fatal(err)
+		}
+		hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", server, server)
+		if err := os.WriteFile(filepath.Join(dir, "_default", "hosts.toml"), []byte(hosts), 0o644); err != nil {
+			d.t.Fatal(err)
+		}
+		d.Extra = append(d.Extra, "--registry-config-dir", dir, "--rootless-host-loopback", "--rootless-net", "slirp4netns")
+	}
+}

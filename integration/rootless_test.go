@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -116,4 +118,103 @@ func TestRootlessPodSandbox(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(d.State, "rootless", "holder.json")); !os.IsNotExist(err) {
 		t.Errorf("holder record left: %v", err)
 	}
+}
+
+// rootlessContainerDaemon is containerDaemon's rootless twin: the busybox
+// image pulled through the registry mirror on the host's loopback.
+func rootlessContainerDaemon(t *testing.T) (*daemon, runtime.ImageServiceClient) {
+	t.Helper()
+	reg := startRegistry(t)
+	reg.push(t, "busybox:1", busyboxImage(t, nil))
+	d := startDaemon(t, withRootlessRegistry(reg), withRootless())
+	img := runtime.NewImageServiceClient(d.conn)
+	if _, err := img.PullImage(ctxT(t), &runtime.PullImageRequest{Image: &runtime.ImageSpec{Image: "example.test/busybox:1"}}); err != nil {
+		t.Fatalf("pull through the mirror at the gateway: %v", err)
+	}
+	return d, img
+}
+
+// userDir is a directory of the instance that the rootless user owns, for
+// volumes.
+func (d *daemon) userDir(t testing.TB, name string) string {
+	t.Helper()
+	dir := filepath.Join(d.base, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, d.user.UID, d.user.GID); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestRootlessContainers runs two containers in a rootless pod: they share
+// a volume and talk over the pod's localhost; one runs as uid 1000, which
+// is a subordinate id on the host; logs, ExecSync and exit codes work; and
+// no process has real uid 0.
+func TestRootlessContainers(t *testing.T) {
+	d, _ := rootlessContainerDaemon(t)
+	before := d.snapshot(t)
+	shared := d.userDir(t, "shared")
+	if err := os.Chmod(shared, 0o777); err != nil { // uid 1000 writes there too
+		t.Fatal(err)
+	}
+	logDir := d.userDir(t, "logs")
+	podCfg := podConfig("rlc")
+	podCfg.LogDirectory = logDir
+	pod := d.runPod(t, podCfg)
+
+	server := busyboxContainer("server", "sh", "-c", "echo server-up; nc -l -p 7070 > /shared/received; echo done-serving >&2; sleep 3600")
+	server.Mounts = []*runtime.Mount{{HostPath: shared, ContainerPath: "/shared"}}
+	sid := d.createContainer(t, pod, podCfg, server)
+	d.startContainer(t, sid)
+
+	client := busyboxContainer("client", "sh", "-c", "id -u > /shared/uid; for i in $(seq 100); do echo over-localhost | nc 127.0.0.1 7070 && exit 3; sleep 0.1; done; exit 9")
+	client.Mounts = []*runtime.Mount{{HostPath: shared, ContainerPath: "/shared"}}
+	client.Linux.SecurityContext = &runtime.LinuxContainerSecurityContext{RunAsUser: &runtime.Int64Value{Value: 1000}}
+	cid := d.createContainer(t, pod, podCfg, client)
+	d.startContainer(t, cid)
+
+	st := d.waitExited(t, cid, 20*time.Second)
+	if st.ExitCode != 3 || st.Reason != "Error" {
+		t.Errorf("client: exit %d reason %q, want 3 Error", st.ExitCode, st.Reason)
+	}
+	if b, _ := os.ReadFile(filepath.Join(shared, "uid")); strings.TrimSpace(string(b)) != "1000" {
+		t.Errorf("client's uid inside: %q, want 1000", b)
+	}
+	// On the host, the file the uid-1000 container wrote belongs to the
+	// subordinate id that 1000 maps to: not root, not the user.
+	var fst syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(shared, "uid"), &fst); err != nil {
+		t.Fatal(err)
+	}
+	if fst.Uid == 0 || int(fst.Uid) == d.user.UID {
+		t.Errorf("file written by container uid 1000 has host uid %d", fst.Uid)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(filepath.Join(shared, "received"))
+		if strings.TrimSpace(string(b)) == "over-localhost" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server did not receive over localhost: %q", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	logb, _ := os.ReadFile(filepath.Join(logDir, "server.log"))
+	if !strings.Contains(string(logb), " stdout F server-up") || !strings.Contains(string(logb), " stderr F done-serving") {
+		t.Errorf("server log:\n%s", logb)
+	}
+	resp, err := d.RT.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: sid, Cmd: []string{"sh", "-c", "hostname; echo oops >&2; exit 7"}, Timeout: 10})
+	if err != nil {
+		t.Fatalf("ExecSync: %v", err)
+	}
+	if strings.TrimSpace(string(resp.Stdout)) != "rlc" || strings.TrimSpace(string(resp.Stderr)) != "oops" || resp.ExitCode != 7 {
+		t.Errorf("ExecSync: stdout %q stderr %q exit %d", resp.Stdout, resp.Stderr, resp.ExitCode)
+	}
+	assertNothingRunsAsRoot(t, d)
+	d.stopRemove(t, pod)
+	assertNoLeaks(t, before, d.snapshot(t))
 }
