@@ -218,3 +218,130 @@ func TestRootlessContainers(t *testing.T) {
 	d.stopRemove(t, pod)
 	assertNoLeaks(t, before, d.snapshot(t))
 }
+
+// TestRootlessKill9KeepsPodsAndRestartJoinsThem kills the rootless daemon
+// and its parent with SIGKILL while pods run. The namespaces outlive them
+// (the holder), containers keep running and logging, a container that
+// exits meanwhile reports its exit code, and the restarted instance joins
+// the same namespaces: the pods keep their IPs and stay reachable.
+func TestRootlessKill9KeepsPodsAndRestartJoinsThem(t *testing.T) {
+	d, _ := rootlessContainerDaemon(t)
+	logDir := d.userDir(t, "logs")
+	type podInfo struct{ pod, ip, ticker, quitter string }
+	var pods []podInfo
+	for i := 0; i < 2; i++ {
+		cfg := podConfig(fmt.Sprintf("rlk-%d", i))
+		cfg.LogDirectory = filepath.Join(logDir, strconv.Itoa(i))
+		pod := d.runPod(t, cfg)
+		st, _ := d.status(t, pod)
+		tick := d.createContainer(t, pod, cfg, busyboxContainer("ticker", "sh", "-c", "while true; do echo tick; sleep 0.1; done"))
+		d.startContainer(t, tick)
+		quit := d.createContainer(t, pod, cfg, busyboxContainer("quitter", "sh", "-c", "sleep 2; exit 42"))
+		d.startContainer(t, quit)
+		pods = append(pods, podInfo{pod, st.GetNetwork().GetIp(), tick, quit})
+	}
+	size := func(i int) int64 {
+		st, err := os.Stat(filepath.Join(logDir, strconv.Itoa(i), "ticker.log"))
+		if err != nil {
+			return 0
+		}
+		return st.Size()
+	}
+	holder := d.holder(t)
+	before := []int64{size(0), size(1)}
+	d.kill9()
+	killedAt := time.Now()
+	time.Sleep(3 * time.Second)
+	if !processRuns(holder) {
+		t.Fatalf("namespace holder %d died with the daemon", holder)
+	}
+	d.start()
+	if h := d.holder(t); h != holder {
+		t.Errorf("restarted instance made new namespaces (holder %d, was %d)", h, holder)
+	}
+	for i, p := range pods {
+		if st := d.containerStatus(t, p.ticker); st.State != runtime.ContainerState_CONTAINER_RUNNING {
+			t.Errorf("pod %d ticker is %v after restart", i, st.State)
+		}
+		if size(i) <= before[i] {
+			t.Errorf("pod %d log did not grow while the daemon was down (%d -> %d)", i, before[i], size(i))
+		}
+		st := d.containerStatus(t, p.quitter)
+		if st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 42 {
+			t.Errorf("pod %d quitter: %v exit %d, want EXITED 42", i, st.State, st.ExitCode)
+		}
+		if time.Unix(0, st.FinishedAt).Before(killedAt) {
+			t.Errorf("pod %d quitter finished at %v, before the daemon was killed", i, time.Unix(0, st.FinishedAt))
+		}
+		if ps, _ := d.status(t, p.pod); ps.GetNetwork().GetIp() != p.ip || ps.State != runtime.PodSandboxState_SANDBOX_READY {
+			t.Errorf("pod %d after restart: %v ip %s, was %s", i, ps.State, ps.GetNetwork().GetIp(), p.ip)
+		}
+		if out, err := d.hostCmd(t, "ping", "-c1", "-W2", p.ip).CombinedOutput(); err != nil {
+			t.Errorf("pod %d unreachable after restart: %v: %s", i, err, out)
+		}
+	}
+	assertNothingRunsAsRoot(t, d)
+	for _, p := range pods {
+		d.stopRemove(t, p.pod)
+	}
+}
+
+// processRuns tells whether pid is alive and not a zombie.
+func processRuns(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
+}
+
+// TestRootlessStats: with the delegated cgroup subtree, a rootless
+// container's CPU and memory and its pod's network traffic are accounted.
+func TestRootlessStats(t *testing.T) {
+	d, _ := rootlessContainerDaemon(t)
+	cfg := podConfig("rls")
+	pod := d.runPod(t, cfg)
+	// 32 MiB in a shell variable, then some CPU, then idle.
+	c := busyboxContainer("hog", "sh", "-c", "x=$(head -c 33554432 /dev/zero | tr '\\0' a); i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo ready; sleep 3600")
+	id := d.createContainer(t, pod, cfg, c)
+	d.startContainer(t, id)
+	st, _ := d.status(t, pod)
+	if out, err := d.hostCmd(t, "ping", "-c3", "-i0.2", "-s1000", st.GetNetwork().GetIp()).CombinedOutput(); err != nil {
+		t.Fatalf("ping pod: %v: %s", err, out)
+	}
+	var cs *runtime.ContainerStats
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := d.RT.ContainerStats(ctxT(t), &runtime.ContainerStatsRequest{ContainerId: id})
+		if err != nil {
+			t.Fatalf("ContainerStats: %v", err)
+		}
+		cs = resp.Stats
+		if cs.GetMemory().GetWorkingSetBytes().GetValue() >= 32<<20 && cs.GetCpu().GetUsageCoreNanoSeconds().GetValue() > 50e6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container stats stay low: working set %d, cpu %d ns", cs.GetMemory().GetWorkingSetBytes().GetValue(), cs.GetCpu().GetUsageCoreNanoSeconds().GetValue())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if ws := cs.GetMemory().GetWorkingSetBytes().GetValue(); ws > 512<<20 {
+		t.Errorf("working set %d bytes: implausible for a 32 MiB shell", ws)
+	}
+	ps, err := d.RT.PodSandboxStats(ctxT(t), &runtime.PodSandboxStatsRequest{PodSandboxId: pod})
+	if err != nil {
+		t.Fatalf("PodSandboxStats: %v", err)
+	}
+	net := ps.GetStats().GetLinux().GetNetwork()
+	if net.GetDefaultInterface().GetRxBytes().GetValue() < 3000 || net.GetDefaultInterface().GetTxBytes().GetValue() < 3000 {
+		t.Errorf("pod network stats after 3 pings of 1000 bytes: %+v", net.GetDefaultInterface())
+	}
+	if mem := ps.GetStats().GetLinux().GetMemory().GetWorkingSetBytes().GetValue(); mem < 32<<20 {
+		t.Errorf("pod working set %d < the container's 32 MiB", mem)
+	}
+	if n := ps.GetStats().GetLinux().GetProcess().GetProcessCount().GetValue(); n < 2 {
+		t.Errorf("pod process count %d: pause and the container at least", n)
+	}
+	d.stopRemove(t, pod)
+}
