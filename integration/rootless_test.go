@@ -12,6 +12,8 @@ import (
 	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"peapod/integration/flowmeter"
 )
 
 // userNamespaceOf returns the user namespace of pid, as the link text.
@@ -344,4 +346,33 @@ func TestRootlessStats(t *testing.T) {
 		t.Errorf("pod process count %d: pause and the container at least", n)
 	}
 	d.stopRemove(t, pod)
+}
+
+// TestRootlessShapedPodThroughput measures a rootless pod's bandwidth
+// limits the way the root test does (iperf3 between the instance's side of
+// the bridge and the pod; the shaping tbf's byte counters): steady rate
+// within 5 % of the limit, first second at most 1.5× it, both ways.
+func TestRootlessShapedPodThroughput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("throughput measurement takes ~15 s")
+	}
+	d := startDaemon(t, withRootless())
+	gw, err := tputGateway(d.Subnet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tputPod{name: "rl-tput", ingress: "10M", egress: "5M", ingressBits: 10e6, egressBits: 5e6}
+	tputRunPod(t, d, p)
+	var b strings.Builder
+	for _, dir := range []tputDir{tputIntoPod, tputOutOfPod} {
+		r, err := tputMeasure(p, gw, dir, 6*time.Second)
+		if err != nil {
+			t.Fatalf("flow %v: %v", dir, err)
+		}
+		if err := tputCheck(r); err != nil {
+			t.Errorf("flow %v: %v", dir, err)
+		}
+		b.WriteString("\n" + r.row())
+	}
+	t.Logf("rootless, cc %s:\n%s%s", flowmeter.SystemCC(), tputTableHeader, b.String())
 }

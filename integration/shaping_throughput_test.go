@@ -48,6 +48,7 @@ type tputPod struct {
 
 	id       string
 	netPin   string // pinned network namespace
+	hostNS   string // where the host veth and IFB live: "" the host, else a rootless instance's netns
 	ip       string
 	hostVeth string
 	ifb      string
@@ -195,7 +196,7 @@ func tputRunPod(t *testing.T, d *daemon, p *tputPod) {
 			if dev == "" {
 				continue
 			}
-			if _, err := netlink.LinkByName(dev); err == nil {
+			if d.hostCmd(t, "ip", "link", "show", dev).Run() == nil {
 				t.Errorf("%s: %s still exists after the pod was removed", p.name, dev)
 			}
 		}
@@ -210,6 +211,12 @@ func tputRunPod(t *testing.T, d *daemon, p *tputPod) {
 	}
 	if p.netPin == "" {
 		t.Fatalf("%s: verbose info has no pinned network namespace: %v", p.name, v.Namespaces)
+	}
+	if d.user != nil {
+		// A rootless instance's pins are mounts in its own mount
+		// namespace; reach the same namespaces through the processes.
+		p.netPin = fmt.Sprintf("/proc/%d/ns/net", v.PID)
+		p.hostNS = fmt.Sprintf("/proc/%d/ns/net", d.holder(t))
 	}
 	p.ip = st.GetNetwork().GetIp()
 	if p.ip == "" {
@@ -326,7 +333,7 @@ func tputMeasure(p *tputPod, gw string, dir tputDir, d time.Duration) (tputResul
 	if d < 3*time.Second+steadyFrom/2 {
 		steadyFrom = time.Second
 	}
-	host, pod := flowmeter.Endpoint{Addr: gw}, flowmeter.Endpoint{NetNS: p.netPin, Addr: p.ip}
+	host, pod := flowmeter.Endpoint{NetNS: p.hostNS, Addr: gw}, flowmeter.Endpoint{NetNS: p.netPin, Addr: p.ip}
 	m, err := flowmeter.Run(context.Background(), flowmeter.Flow{
 		Server:     pod,
 		Client:     host,
@@ -350,10 +357,10 @@ func tputMeasure(p *tputPod, gw string, dir tputDir, d time.Duration) (tputResul
 func tputCounter(p *tputPod, dir tputDir) (*flowmeter.Counter, error) {
 	switch {
 	case p.limit(dir) == 0:
-		return flowmeter.LinkCounter("", p.hostVeth, dir == tputIntoPod)
+		return flowmeter.LinkCounter(p.hostNS, p.hostVeth, dir == tputIntoPod)
 	case dir == tputOutOfPod:
-		return flowmeter.QdiscCounter("", p.ifb, 0)
+		return flowmeter.QdiscCounter(p.hostNS, p.ifb, 0)
 	default:
-		return flowmeter.QdiscCounter("", p.hostVeth, 0)
+		return flowmeter.QdiscCounter(p.hostNS, p.hostVeth, 0)
 	}
 }
