@@ -3,23 +3,30 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 
 	"peapod/cgroups"
 	"peapod/netns"
 	"peapod/pause/embedded"
+	"peapod/rootless"
 )
 
 // check prints one line per problem that would stop pods from running here,
 // each with what to do, and fails if there is any.
+// Run by an ordinary user it checks what rootless mode needs instead
+// (check_rootless.go).
 func check(args []string) error {
+	if stage := os.Getenv(probeEnv); stage != "" {
+		return probeChild(stage)
+	}
 	cfg, err := parseConfig("peapod check", args)
 	if err != nil {
 		return err
 	}
-	var problems []string
-	if os.Geteuid() != 0 {
-		problems = append(problems, "not running as root: run `sudo peapod check` (rootless mode is not built yet)")
+	var problems, notes []string
+	rootlessUser := os.Geteuid() != 0
+	if rootlessUser {
+		name, uid := rootless.Owner()
+		problems, notes = rootlessCheck(cfg, realHostView(name, uid, os.Getgid()), true)
 	}
 	for _, ns := range []string{"net", "ipc", "uts", "pid", "mnt"} {
 		if _, err := os.Stat("/proc/self/ns/" + ns); err != nil {
@@ -29,7 +36,10 @@ func check(args []string) error {
 	if len(embedded.Binary) == 0 {
 		problems = append(problems, "this peapod was built without the pause binary: rebuild with `make build`")
 	}
-	problems = append(problems, cgroups.Check()...)
+	if !rootlessUser {
+		// Rootless, the delegated subtree is checked instead.
+		problems = append(problems, cgroups.CheckDriver(cfg.CgroupDriver)...)
+	}
 	network, err := newNetwork(cfg)
 	if err != nil {
 		problems = append(problems, "network config: "+err.Error())
@@ -37,12 +47,19 @@ func check(args []string) error {
 		problems = append(problems, "pod network: "+err.Error())
 	}
 	for _, tool := range []string{"iptables"} {
-		if _, err := exec.LookPath(tool); err != nil {
+		if _, err := lookPathSbin(tool); err != nil {
 			problems = append(problems, fmt.Sprintf("%s not found: the bridge and portmap CNI plugins need it (apt-get install iptables)", tool))
 		}
 	}
 	if os.Geteuid() == 0 {
 		problems = append(problems, netns.CheckShapingSupport()...)
+	}
+	for _, n := range notes {
+		fmt.Println("note:", n)
+	}
+	if len(problems) == 0 && rootlessUser {
+		fmt.Printf("ok: %s can run peapod rootless (peapod serve)\n", cfg.rootlessUser)
+		return nil
 	}
 	if len(problems) == 0 {
 		fmt.Println("ok: this host can run peapod pods")
