@@ -31,6 +31,12 @@ type NetworkConfig struct {
 	DefaultBridge string // bridge device of the embedded default
 	DefaultSubnet string // pod subnet of the embedded default (CIDR)
 	IPAMDataDir   string // host-local allocations of the embedded default
+
+	// NoPortmap says hostPorts are published by someone else (the
+	// rootless daemon's userspace forwarder): the embedded default leaves
+	// the portmap plugin out, and no network is handed the portMappings
+	// capability.
+	NoPortmap bool
 }
 
 // Network attaches pods to the configured CNI network.
@@ -78,6 +84,7 @@ func NewNetwork(cfg NetworkConfig) (*Network, error) {
 func (n *Network) embeddedConfList() []byte { return n.embeddedConfListFor(true) }
 
 func (n *Network) embeddedConfListFor(withPortmap bool) []byte {
+	withPortmap = withPortmap && !n.cfg.NoPortmap
 	plugins := []any{
 		map[string]any{
 			"type":        "bridge",
@@ -256,7 +263,7 @@ func (n *Network) Prepare(req AttachRequest) (*Attachment, error) {
 		},
 		CapArgs: map[string]any{},
 	}
-	if len(req.PortMappings) > 0 {
+	if len(req.PortMappings) > 0 && !n.cfg.NoPortmap {
 		att.CapArgs["portMappings"] = req.PortMappings
 	}
 	if req.CgroupPath != "" {

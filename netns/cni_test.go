@@ -1,0 +1,75 @@
+package netns
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestNoPortmap checks the rootless option: the embedded network has no
+// portmap plugin, needs no portmap binary, and hands no port mappings to
+// any plugin, while the default keeps portmap for pods with hostPorts.
+func TestNoPortmap(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Ready only looks the plugins up; none is run here.
+	for _, p := range []string{"bridge", "host-local", "loopback"} {
+		if err := os.WriteFile(filepath.Join(bin, p), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := AttachRequest{SandboxID: "abc", PodName: "p", PodNamespace: "ns", PodUID: "u",
+		PortMappings: []PortMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}}}
+	plugins := func(att *Attachment) []string {
+		var conf struct {
+			Plugins []struct {
+				Type string `json:"type"`
+			} `json:"plugins"`
+		}
+		if err := json.Unmarshal(att.ConfList, &conf); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, p := range conf.Plugins {
+			out = append(out, p.Type)
+		}
+		return out
+	}
+	for _, noPortmap := range []bool{false, true} {
+		n, err := NewNetwork(NetworkConfig{
+			ConfDir: filepath.Join(dir, "conf"), BinDirs: []string{bin},
+			CacheDir: filepath.Join(dir, "cache"), IPAMDataDir: filepath.Join(dir, "ipam"),
+			NoPortmap: noPortmap,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		att, err := n.Prepare(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		types := strings.Join(plugins(att), ",")
+		_, capped := att.CapArgs["portMappings"]
+		rerr := n.Ready()
+		if noPortmap {
+			if types != "bridge" || capped {
+				t.Errorf("NoPortmap: plugins %s, portMappings capability passed %v; want bridge alone and none", types, capped)
+			}
+			if rerr != nil {
+				t.Errorf("NoPortmap: Ready wants %v", rerr)
+			}
+		} else {
+			if types != "bridge,portmap" || !capped {
+				t.Errorf("default: plugins %s, portMappings capability passed %v; want bridge,portmap and passed", types, capped)
+			}
+			if rerr == nil || !strings.Contains(rerr.Error(), "portmap") {
+				t.Errorf("default without a portmap binary: Ready says %v", rerr)
+			}
+		}
+	}
+}
