@@ -86,11 +86,18 @@ func (p PodCgroup) SetResources(r *specs.LinuxResources) error {
 	}
 	if err := m.Set(res); err != nil {
 		snap.restore()
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ERANGE) || errors.Is(err, unix.EBUSY) ||
-			errors.Is(err, unix.EOVERFLOW) {
-			return fmt.Errorf("%w: pod cgroup %s: the kernel refused: %v", ErrInvalidResources, p.PodPath, err)
+		// The values passed the checks above; what the kernel still
+		// refuses (EINVAL, ERANGE; v1 EBUSY for a memory limit below what
+		// cannot be reclaimed, which the library reports without the
+		// errno) is a request that does not fit this pod now. A cgroup
+		// that vanished or a permission problem is the runtime's.
+		if isNotExist(err) {
+			return notFound(p.PodPath)
 		}
-		return fmt.Errorf("pod cgroup %s: set resources: %w", p.PodPath, err)
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EROFS) {
+			return fmt.Errorf("pod cgroup %s: set resources: %w", p.PodPath, err)
+		}
+		return fmt.Errorf("%w: pod cgroup %s: the kernel refused: %v (nothing changed)", ErrInvalidResources, p.PodPath, err)
 	}
 	return nil
 }
@@ -320,12 +327,22 @@ func narrowV1Cpusets(roots map[string]string, podPath string, res *cgroups.Resou
 		}
 		return nil
 	})
-	slices.Reverse(dirs) // WalkDir is lexical, parents first
+	sortDeepestFirst(dirs)
+	podDir := filepath.Join(root, podPath)
 	for _, f := range []struct{ file, want string }{{"cpuset.mems", res.CpusetMems}, {"cpuset.cpus", res.CpusetCpus}} {
 		if f.want == "" {
 			continue
 		}
 		want, _ := parseCPUList(f.want)
+		// A set disjoint from the current one: the pod first takes both
+		// (inside its parent, as both are), so the children can move.
+		if cur, err := cgroups.ReadFile(podDir, f.file); err == nil {
+			if u := unionList(cur, f.want); u != strings.TrimSpace(cur) {
+				if err := cgroups.WriteFile(podDir, f.file, u); err != nil {
+					return fmt.Errorf("%w: %s: %v", ErrInvalidResources, filepath.Join(podDir, f.file), err)
+				}
+			}
+		}
 		for _, dir := range dirs {
 			cur, err := cgroups.ReadFile(dir, f.file)
 			if err != nil {
@@ -399,14 +416,27 @@ func snapshot(mode Mode, roots map[string]string, podPath string, res *cgroups.R
 }
 
 // restore writes the old values back, best effort. Some files constrain
-// each other (v1 memory limit ≤ memsw, cfs period and quota, a cpuset
-// parent ⊇ its children): what fails in one pass is retried in the next.
+// each other: a v1 cpuset parent must hold its children's sets, so cpusets
+// are first widened to old ∪ current from the top down, then set to the
+// old values from the bottom up; the others (v1 memory limit ≤ memsw, cfs
+// period and quota) are retried in a second and third pass.
 func (s fileSnapshot) restore() {
-	pending := make([]string, 0, len(s))
+	var pending, cpusets []string
 	for f := range s {
-		pending = append(pending, f)
+		if strings.HasSuffix(f, "/cpuset.cpus") || strings.HasSuffix(f, "/cpuset.mems") {
+			cpusets = append(cpusets, f)
+		} else {
+			pending = append(pending, f)
+		}
 	}
-	slices.Sort(pending) // parents before children
+	sortDeepestFirst(cpusets)
+	for i := len(cpusets) - 1; i >= 0; i-- { // top down: widen
+		f := cpusets[i]
+		if cur, err := os.ReadFile(f); err == nil && s[f] != "" {
+			_ = cgroups.WriteFile(filepath.Dir(f), filepath.Base(f), unionList(string(cur), s[f]))
+		}
+	}
+	pending = append(cpusets, pending...) // bottom up: the old values
 	for pass := 0; pass < 3 && len(pending) > 0; pass++ {
 		var failed []string
 		for _, f := range pending {
@@ -419,8 +449,38 @@ func (s fileSnapshot) restore() {
 			}
 		}
 		pending = failed
-		if pass == 1 {
-			slices.Reverse(pending) // children before parents
-		}
 	}
+}
+
+// sortDeepestFirst orders paths by depth, deepest first.
+func sortDeepestFirst(paths []string) {
+	slices.SortStableFunc(paths, func(a, b string) int {
+		return strings.Count(b, "/") - strings.Count(a, "/")
+	})
+}
+
+// unionList is the union of two cpu (or node) lists, as a list.
+func unionList(a, b string) string {
+	x, err1 := parseCPUList(a)
+	y, err2 := parseCPUList(b)
+	if err1 != nil || err2 != nil {
+		return strings.TrimSpace(b)
+	}
+	all := append(x, y...)
+	slices.Sort(all)
+	all = slices.Compact(all)
+	var parts []string
+	for i := 0; i < len(all); {
+		j := i
+		for j+1 < len(all) && all[j+1] == all[j]+1 {
+			j++
+		}
+		if i == j {
+			parts = append(parts, strconv.Itoa(all[i]))
+		} else {
+			parts = append(parts, strconv.Itoa(all[i])+"-"+strconv.Itoa(all[j]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
 }
