@@ -322,23 +322,34 @@ func TestPauseDeathMakesSandboxNotReady(t *testing.T) {
 }
 
 func TestRunStopRemoveCyclesLeaveNothingBehind(t *testing.T) {
-	d := startDaemon(t)
+	runStopRemoveCycles(t, startDaemon(t), 200, nil)
+}
+
+// runStopRemoveCycles runs, stops and removes pods of every kind (own PID
+// namespace, hostPorts, shaping) and checks that the host is as before.
+// perCycle, when set, runs in each pod before it is stopped.
+func runStopRemoveCycles(t *testing.T, d *daemon, cycles int, perCycle func(i int, pod string, cfg *runtime.PodSandboxConfig)) {
+	t.Helper()
 	// One pod first so that lazily created, kept objects (the bridge, the
 	// default cgroup parent) exist before the baseline.
 	warm := d.runPod(t, podConfig("warm"))
 	d.stopRemove(t, warm)
 	before := d.snapshot(t)
-	const cycles = 200
 	start := time.Now()
 	for i := 0; i < cycles; i++ {
 		cfg := podConfig(fmt.Sprintf("cycle-%d", i))
-		if i%4 == 1 {
+		switch i % 4 {
+		case 1:
 			cfg.Linux.SecurityContext = &runtime.LinuxSandboxSecurityContext{NamespaceOptions: &runtime.NamespaceOption{Pid: runtime.NamespaceMode_POD}}
-		}
-		if i%4 == 2 {
+		case 2:
 			cfg.PortMappings = []*runtime.PortMapping{{ContainerPort: 80, HostPort: int32(21000 + i)}}
+		case 3:
+			cfg.Annotations = map[string]string{"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "10M"}
 		}
 		id := d.runPod(t, cfg)
+		if perCycle != nil {
+			perCycle(i, id, cfg)
+		}
 		d.stopRemove(t, id)
 	}
 	t.Logf("%d run/stop/remove cycles in %v", cycles, time.Since(start))
