@@ -91,7 +91,7 @@ func (s *Store) unpackAndCommit(ctx context.Context, src layerSource, fetch blob
 			return err
 		}
 		var err error
-		if u, err = unpackLayer(ctx, r, filepath.Join(tmp, "diff"), src, s.log); err != nil {
+		if u, err = unpackLayer(ctx, r, filepath.Join(tmp, "diff"), src, s.layout, s.log); err != nil {
 			_ = os.RemoveAll(tmp)
 		}
 		return err

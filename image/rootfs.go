@@ -171,10 +171,7 @@ func (s *Store) mountOverlay(dir string, diffIDs []string, readOnly bool) error 
 		lowers = []string{filepath.Join(dir, "empty")}
 	}
 	upper, work, merged := filepath.Join(dir, "upper"), filepath.Join(dir, "work"), filepath.Join(dir, "merged")
-	var extra []string
-	if s.overlayIndexOff {
-		extra = append(extra, "index=off")
-	}
+	extra := s.overlayOptions()
 	opts := "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + upper + ",workdir=" + work
 	if len(extra) > 0 {
 		opts += "," + strings.Join(extra, ",")
@@ -192,6 +189,26 @@ func (s *Store) mountOverlay(dir string, diffIDs []string, readOnly bool) error 
 		return nil
 	}
 	return mountOverlayFsconfig(merged, lowers, upper, work, extra, readOnly)
+}
+
+// overlayOptions are the overlay mount options beyond the directories. In
+// a user namespace the layers mark opaque directories with user.overlay.*
+// xattrs, which userxattr makes overlayfs read (and write in the upper
+// directory); the features that need trusted xattrs, and so real root, are
+// off: index (refused with userxattr), metacopy and redirect_dir (userxattr
+// turns them off by itself; metacopy is said explicitly).
+func (s *Store) overlayOptions() []string {
+	var opts []string
+	if s.layout.UserNamespace {
+		opts = append(opts, "userxattr")
+	}
+	if s.overlayIndexOff {
+		opts = append(opts, "index=off")
+	}
+	if s.layout.UserNamespace && s.metacopyParam {
+		opts = append(opts, "metacopy=off")
+	}
+	return opts
 }
 
 func mountOverlayFsconfig(merged string, lowers []string, upper, work string, extra []string, readOnly bool) error {
@@ -221,7 +238,13 @@ func mountOverlayFsconfig(merged string, lowers []string, upper, work string, ex
 		return err
 	}
 	for _, e := range extra {
-		k, v, _ := strings.Cut(e, "=")
+		k, v, ok := strings.Cut(e, "=")
+		if !ok { // a flag such as userxattr
+			if err := unix.FsconfigSetFlag(fsfd, k); err != nil {
+				return fmt.Errorf("overlay option %s: %w", k, err)
+			}
+			continue
+		}
 		if err := set(k, v); err != nil {
 			return err
 		}

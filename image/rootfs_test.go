@@ -237,7 +237,7 @@ func TestUnpackRejectsPathTraversal(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			b := tarBytes(t, entries)
 			dst := filepath.Join(t.TempDir(), "layer")
-			_, err := unpackLayer(ctxT(t), strings.NewReader(string(b)), dst, layerSource{diffID: diffIDOf(b)}, testLogger(t))
+			_, err := unpackLayer(ctxT(t), strings.NewReader(string(b)), dst, layerSource{diffID: diffIDOf(b)}, storeLayout{}, testLogger(t))
 			if err == nil {
 				t.Error("unpack succeeded")
 			} else {
@@ -258,7 +258,7 @@ func TestUnpackResolvesAbsoluteSymlinksInsideLayer(t *testing.T) {
 		{name: "etclink/passwd", body: "root:x:0:0::/root:/bin/sh\n"},
 	})
 	dst := filepath.Join(t.TempDir(), "layer")
-	if _, err := unpackLayer(ctxT(t), strings.NewReader(string(b)), dst, layerSource{diffID: diffIDOf(b)}, testLogger(t)); err != nil {
+	if _, err := unpackLayer(ctxT(t), strings.NewReader(string(b)), dst, layerSource{diffID: diffIDOf(b)}, storeLayout{}, testLogger(t)); err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, filepath.Join(dst, "etc/passwd")); !strings.HasPrefix(got, "root:") {
@@ -271,7 +271,7 @@ func TestUnpackRejectsCorruptContent(t *testing.T) {
 	b := tarBytes(t, []entry{{name: "f", body: "hello"}})
 	wrong := diffIDOf([]byte("something else"))
 	dst := filepath.Join(t.TempDir(), "layer")
-	_, err := unpackLayer(ctxT(t), strings.NewReader(string(b)), dst, layerSource{diffID: wrong}, testLogger(t))
+	_, err := unpackLayer(ctxT(t), strings.NewReader(string(b)), dst, layerSource{diffID: wrong}, storeLayout{}, testLogger(t))
 	if err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("err = %v, want a digest mismatch", err)
 	}

@@ -75,6 +75,8 @@ type Store struct {
 	configs         map[string]imageConfig // parsed config blobs by ID; blobs never change
 	usage           map[string]usage       // layer usage by diff ID hex
 	overlayIndexOff bool
+	metacopyParam   bool        // the overlay module has a metacopy parameter
+	layout          storeLayout // how layers are written and mounted (layout.json)
 
 	pulls  flightGroup[Image]
 	layers flightGroup[struct{}]
@@ -125,9 +127,13 @@ func Open(cfg Config) (*Store, error) {
 		// Layer paths go into overlay mount options, where these separate.
 		return nil, fmt.Errorf("image store: root %q must not contain ':' or ','", root)
 	}
+	cur, err := currentLayout()
+	if err != nil {
+		return nil, fmt.Errorf("image store: %w", err)
+	}
 	for _, d := range []string{"", "blobs/sha256", "layers", "containers", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
-			return nil, fmt.Errorf("image store: %w", err)
+			return nil, fmt.Errorf("image store: %w", permissionHint(root, err))
 		}
 	}
 	// mountinfo shows resolved paths; compare like with like.
@@ -145,6 +151,7 @@ func Open(cfg Config) (*Store, error) {
 		pinned:   map[string]bool{},
 		configs:  map[string]imageConfig{},
 		usage:    map[string]usage{},
+		layout:   cur,
 	}
 	for _, n := range cfg.PinnedImages {
 		if r, err := parseRef(n); err == nil {
@@ -160,9 +167,12 @@ func Open(cfg Config) (*Store, error) {
 		// tie a lower layer to one upper.
 		s.overlayIndexOff = true
 	}
+	if _, err := os.Stat("/sys/module/overlay/parameters/metacopy"); err == nil {
+		s.metacopyParam = true
+	}
 	s.lockFile, err = os.OpenFile(filepath.Join(root, "lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("image store: %w", err)
+		return nil, fmt.Errorf("image store: %w", permissionHint(root, err))
 	}
 	s.lock()
 	trash, err := s.openLocked()
@@ -170,6 +180,10 @@ func Open(cfg Config) (*Store, error) {
 	removeAll(trash)
 	if err != nil {
 		s.Close()
+		var le *LayoutError
+		if errors.As(err, &le) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("image store %s: %w", root, err)
 	}
 	return s, nil
@@ -181,6 +195,9 @@ func (s *Store) openLocked() ([]string, error) {
 		return nil, err
 	}
 	s.session = sess
+	if err := s.checkLayoutLocked(s.layout); err != nil {
+		return nil, err
+	}
 	// Torn writes of the records (they are only written under the lock).
 	if torn, err := filepath.Glob(filepath.Join(s.root, ".images.json.tmp-*")); err == nil {
 		removeAll(torn)

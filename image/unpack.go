@@ -33,14 +33,20 @@ const (
 	whiteoutPrefix = ".wh."
 	whiteoutMeta   = ".wh..wh."
 	whiteoutOpaque = ".wh..wh..opq"
-	opaqueXattr    = "trusted.overlay.opaque"
 )
 
 // unpackLayer extracts a layer blob (gzip, zstd or plain tar) read from r
-// into the new directory dst, converting OCI whiteouts to overlayfs ones,
-// and fails unless the blob and the tar hash to what src says. On failure
-// dst is left for the caller to remove.
-func unpackLayer(ctx context.Context, r io.Reader, dst string, src layerSource, log *slog.Logger) (usage, error) {
+// into the new directory dst, converting OCI whiteouts to overlayfs ones
+// of the given layout, and fails unless the blob and the tar hash to what
+// src says. On failure dst is left for the caller to remove.
+//
+// In a user namespace (lay.UserNamespace) two things real root can do are
+// impossible, and neither fails the layer: an owner outside the
+// namespace's id map (EINVAL from chown) is replaced by the namespace's
+// root, and a device node other than a whiteout (EPERM from mknod) is left
+// out. Each is logged once per layer with a count, like podman's
+// ignore_chown_errors.
+func unpackLayer(ctx context.Context, r io.Reader, dst string, src layerSource, lay storeLayout, log *slog.Logger) (usage, error) {
 	if err := os.Mkdir(dst, 0o755); err != nil {
 		return usage{}, err
 	}
@@ -53,7 +59,7 @@ func unpackLayer(ctx context.Context, r io.Reader, dst string, src layerSource, 
 	defer dr.Close()
 	tarStream := &hashingReader{r: dr, h: sha256.New()}
 
-	u, err := newUnpacker(dst, log)
+	u, err := newUnpacker(dst, lay, log)
 	if err != nil {
 		return usage{}, err
 	}
@@ -61,6 +67,7 @@ func unpackLayer(ctx context.Context, r io.Reader, dst string, src layerSource, 
 	if err := u.extract(tar.NewReader(tarStream)); err != nil {
 		return usage{}, fmt.Errorf("layer %s: %w", src.diffID, err)
 	}
+	u.report(src.diffID.String())
 	// Hash what follows the tar's end marker too: the digests cover it.
 	if _, err := io.Copy(io.Discard, tarStream); err != nil {
 		return usage{}, fmt.Errorf("layer %s: %w", src.diffID, err)
@@ -132,9 +139,16 @@ func (r ctxReader) Read(p []byte) (int, error) {
 type unpacker struct {
 	root     string
 	rootFd   int
+	layout   storeLayout
 	log      *slog.Logger
 	dirTimes []dirTime
 	buf      []byte
+
+	// In a user namespace: entries whose owner did not map (now owned by
+	// the namespace's root) and device nodes left out, with the first of
+	// each for the log.
+	unmapped, devices          int
+	firstUnmapped, firstDevice string
 }
 
 type dirTime struct {
@@ -142,12 +156,25 @@ type dirTime struct {
 	atime, mtime time.Time
 }
 
-func newUnpacker(root string, log *slog.Logger) (*unpacker, error) {
+func newUnpacker(root string, lay storeLayout, log *slog.Logger) (*unpacker, error) {
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: root, Err: err}
 	}
-	return &unpacker{root: root, rootFd: fd, log: log, buf: make([]byte, 128<<10)}, nil
+	return &unpacker{root: root, rootFd: fd, layout: lay, log: log, buf: make([]byte, 128<<10)}, nil
+}
+
+// report logs, once per layer, what a user namespace made the unpacker
+// leave out.
+func (u *unpacker) report(layer string) {
+	if u.unmapped > 0 {
+		u.log.Warn("layer has owners this user namespace does not map: those files belong to its root instead",
+			"layer", layer, "files", u.unmapped, "first", u.firstUnmapped, "uidMap", u.layout.UIDMap, "gidMap", u.layout.GIDMap)
+	}
+	if u.devices > 0 {
+		u.log.Warn("layer has device nodes, which cannot be created in a user namespace: left out",
+			"layer", layer, "devices", u.devices, "first", u.firstDevice)
+	}
 }
 
 func (u *unpacker) close() { unix.Close(u.rootFd) }
@@ -253,6 +280,13 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		mode := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
 		dev := int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
 		if err := unix.Mknodat(dirfd, base, mode|perm, dev); err != nil {
+			if u.layout.UserNamespace && hdr.Typeflag != tar.TypeFifo && errors.Is(err, unix.EPERM) {
+				u.log.Debug("skipping device node in a user namespace", "name", hdr.Name, "major", hdr.Devmajor, "minor", hdr.Devminor)
+				if u.devices++; u.devices == 1 {
+					u.firstDevice = hdr.Name
+				}
+				return nil
+			}
 			return fmt.Errorf("tar entry %q: mknod: %w", hdr.Name, err)
 		}
 	default:
@@ -298,8 +332,8 @@ func (u *unpacker) hardlink(hdr *tar.Header, dirfd int, base string) error {
 }
 
 // whiteout turns ".wh.NAME" into a 0/0 character device NAME and
-// ".wh..wh..opq" into trusted.overlay.opaque=y on its directory: the forms
-// overlayfs reads.
+// ".wh..wh..opq" into trusted.overlay.opaque=y (user.overlay.opaque=y in a
+// user namespace) on its directory: the forms overlayfs reads.
 func (u *unpacker) whiteout(hdr *tar.Header, parentRel, base string) error {
 	if base == whiteoutOpaque {
 		fd, err := u.openDir(parentRel, true)
@@ -307,7 +341,7 @@ func (u *unpacker) whiteout(hdr *tar.Header, parentRel, base string) error {
 			return fmt.Errorf("tar entry %q: %w", hdr.Name, err)
 		}
 		defer unix.Close(fd)
-		if err := unix.Fsetxattr(fd, opaqueXattr, []byte("y"), 0); err != nil {
+		if err := unix.Fsetxattr(fd, u.layout.opaqueXattr(), []byte("y"), 0); err != nil {
 			return fmt.Errorf("tar entry %q: mark directory opaque: %w", hdr.Name, err)
 		}
 		return nil
@@ -330,7 +364,45 @@ func (u *unpacker) whiteout(hdr *tar.Header, parentRel, base string) error {
 	if err := unix.Mknodat(dirfd, name, unix.S_IFCHR, 0); err != nil {
 		return fmt.Errorf("tar entry %q: whiteout device: %w", hdr.Name, err)
 	}
-	return unix.Fchownat(dirfd, name, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW)
+	return u.chown(hdr, func(uid, gid int) error {
+		return unix.Fchownat(dirfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+	})
+}
+
+// chown gives an entry the owner its tar header names, through set (an
+// lchown of the entry). In a user namespace an id outside the id map
+// cannot be set (EINVAL): that id becomes the namespace's root (0) and the
+// entry is counted for the layer's report; a mapped uid or gid beside it
+// is still set.
+func (u *unpacker) chown(hdr *tar.Header, set func(uid, gid int) error) error {
+	err := set(hdr.Uid, hdr.Gid)
+	if err == nil || !u.layout.UserNamespace || !errors.Is(err, unix.EINVAL) {
+		if err != nil {
+			return fmt.Errorf("tar entry %q: chown: %w", hdr.Name, err)
+		}
+		return nil
+	}
+	uid, gid := hdr.Uid, hdr.Gid
+	if err := set(uid, -1); errors.Is(err, unix.EINVAL) {
+		uid, err = 0, set(0, -1)
+		if err != nil {
+			return fmt.Errorf("tar entry %q: chown to the namespace's root: %w", hdr.Name, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("tar entry %q: chown: %w", hdr.Name, err)
+	}
+	if err := set(-1, gid); errors.Is(err, unix.EINVAL) {
+		gid, err = 0, set(-1, 0)
+		if err != nil {
+			return fmt.Errorf("tar entry %q: chgrp to the namespace's root: %w", hdr.Name, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("tar entry %q: chgrp: %w", hdr.Name, err)
+	}
+	if u.unmapped++; u.unmapped == 1 {
+		u.firstUnmapped = fmt.Sprintf("%s (%d:%d, now %d:%d)", hdr.Name, hdr.Uid, hdr.Gid, uid, gid)
+	}
+	return nil
 }
 
 // openDir opens the directory rel (relative to the layer root, resolved
@@ -382,8 +454,10 @@ func (u *unpacker) setMeta(dirfd int, base, rel string, hdr *tar.Header) error {
 	if hdr.Typeflag == tar.TypeLink {
 		return nil // the inode already has its metadata
 	}
-	if err := unix.Fchownat(dirfd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("tar entry %q: chown: %w", hdr.Name, err)
+	if err := u.chown(hdr, func(uid, gid int) error {
+		return unix.Fchownat(dirfd, base, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+	}); err != nil {
+		return err
 	}
 	if hdr.Typeflag != tar.TypeSymlink {
 		if err := unix.Fchmodat(dirfd, base, uint32(hdr.Mode)&0o7777, 0); err != nil {
@@ -404,8 +478,8 @@ func (u *unpacker) setMeta(dirfd int, base, rel string, hdr *tar.Header) error {
 }
 
 func (u *unpacker) rootMeta(hdr *tar.Header) error {
-	if err := unix.Fchown(u.rootFd, hdr.Uid, hdr.Gid); err != nil {
-		return fmt.Errorf("layer root: chown: %w", err)
+	if err := u.chown(hdr, func(uid, gid int) error { return unix.Fchown(u.rootFd, uid, gid) }); err != nil {
+		return fmt.Errorf("layer root: %w", err)
 	}
 	if err := unix.Fchmod(u.rootFd, uint32(hdr.Mode)&0o7777); err != nil {
 		return fmt.Errorf("layer root: chmod: %w", err)
