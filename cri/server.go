@@ -105,7 +105,7 @@ func grpcError(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, sandbox.ErrExists):
 		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, sandbox.ErrNotRunning):
+	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, sandbox.ErrNotRunning), errors.Is(err, sandbox.ErrHostPort):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, sandbox.ErrNoContainerRTS):
 		return status.Error(codes.Unimplemented, err.Error())

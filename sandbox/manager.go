@@ -39,7 +39,10 @@ type Config struct {
 	Images *image.Store
 	// ShimBinary is the peapod executable that runs `peapod shim`.
 	ShimBinary string
-	Log        *slog.Logger
+	// Ports publishes hostPorts in user space (rootless); nil when CNI
+	// portmap does it (root).
+	Ports PortPublisher
+	Log   *slog.Logger
 }
 
 // Errors the cri package maps to gRPC codes.

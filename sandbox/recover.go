@@ -81,6 +81,7 @@ func (m *Manager) recover(ctx context.Context) error {
 				if err := watchPause(&p, func() { m.onPauseExit(id, p) }); err != nil {
 					m.log.Warn("cannot watch pause process", "sandbox", id, "err", err)
 				}
+				m.republishPorts(rec)
 			}
 		}
 		m.byKey[rec.Spec.key()] = e

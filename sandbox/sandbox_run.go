@@ -111,6 +111,9 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 			return err
 		}
 	}
+	if err := m.publishPorts(rec); err != nil {
+		return err
+	}
 
 	if err := configurePodNamespaces(rec.Namespaces, hostnameFor(rec), rec.Spec.Sysctls); err != nil {
 		return err

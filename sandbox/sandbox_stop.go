@@ -64,6 +64,9 @@ func (m *Manager) Stop(ctx context.Context, id string) error {
 // does not fail the teardown; the retry loop repeats it.
 func (m *Manager) teardown(ctx context.Context, e *entry, rec *Sandbox) error {
 	var errs []error
+	if err := m.unpublishPorts(rec); err != nil {
+		errs = append(errs, err)
+	}
 	if err := stopPause(rec.Pause, pauseGrace); err != nil {
 		errs = append(errs, err)
 	}
