@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"syscall"
 
 	"peapod/netns"
 )
@@ -23,8 +22,9 @@ type PortPublisher interface {
 	Unpublish(sandboxID string) error
 }
 
-// ErrHostPort is a hostPort that cannot be had: in use on the host,
-// privileged, or an address the host does not have.
+// ErrHostPort is a hostPort that cannot be had: in use on the host
+// (wraps syscall.EADDRINUSE), privileged (syscall.EACCES), an address the
+// host does not have, or no way to bind host sockets at all.
 var ErrHostPort = errors.New("host port unavailable")
 
 // publishPorts publishes the pod's hostPorts through the PortPublisher,
@@ -44,10 +44,7 @@ func (m *Manager) publishPorts(rec *Sandbox) error {
 		return fmt.Errorf("hostPorts: the pod network gave the pod no IP to forward to")
 	}
 	if err := m.cfg.Ports.Publish(rec.ID, ip, rec.Spec.PortMappings); err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EADDRNOTAVAIL) {
-			return fmt.Errorf("%w: %w", ErrHostPort, err)
-		}
-		return fmt.Errorf("hostPorts: %w", err)
+		return fmt.Errorf("%w: %w", ErrHostPort, err)
 	}
 	return nil
 }

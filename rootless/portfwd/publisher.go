@@ -27,6 +27,21 @@ func (Local) ListenPacket(network, addr string) (net.PacketConn, error) {
 	return net.ListenPacket(network, addr)
 }
 
+// NoHostSockets is a Binder that refuses every request with reason: for a
+// daemon that cannot bind on the host (started without a peapod parent),
+// so pods with hostPorts fail clearly instead of running unreachable.
+func NoHostSockets(reason string) Binder { return noHostSockets(reason) }
+
+type noHostSockets string
+
+func (r noHostSockets) Listen(network, addr string) (net.Listener, error) {
+	return nil, fmt.Errorf("bind %s %s: %s", network, addr, string(r))
+}
+
+func (r noHostSockets) ListenPacket(network, addr string) (net.PacketConn, error) {
+	return nil, fmt.Errorf("bind %s %s: %s", network, addr, string(r))
+}
+
 // Publisher publishes the hostPorts of pods: one Forwarder per mapping,
 // grouped by sandbox. It implements sandbox.PortPublisher.
 type Publisher struct {

@@ -289,3 +289,18 @@ func TestPublisherRealPod(t *testing.T) {
 	}
 	settleGoroutines(t, base)
 }
+
+func TestNoHostSockets(t *testing.T) {
+	pub := NewPublisher(NoHostSockets("the daemon was started without a peapod parent"), Options{})
+	err := pub.Publish("sb", "10.0.0.2", []netns.PortMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}})
+	if err == nil || !strings.Contains(err.Error(), "host port 8080/tcp: bind tcp :8080: the daemon was started without a peapod parent") {
+		t.Fatalf("got %v", err)
+	}
+	if n := len(pub.Published("sb")); n != 0 {
+		t.Fatalf("%d forwarders after a refused publish", n)
+	}
+	// No hostPorts, nothing to refuse.
+	if err := pub.Publish("sb", "10.0.0.2", nil); err != nil {
+		t.Fatal(err)
+	}
+}
