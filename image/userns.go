@@ -121,7 +121,7 @@ func (s *Store) checkLayoutLocked(cur storeLayout) error {
 		return err
 	}
 	if used {
-		return &LayoutError{Root: s.root, Store: have, Process: cur}
+		return &LayoutError{Root: s.root, Store: have, Process: cur, Euid: os.Geteuid()}
 	}
 	if recorded {
 		s.log.Info("image store is empty: switching its layout", "from", have.String(), "to", cur.String())
@@ -170,16 +170,22 @@ func (s *Store) holdsContentLocked() (bool, error) {
 type LayoutError struct {
 	Root           string
 	Store, Process storeLayout
+	Euid           int // of the process, in its namespace
 }
 
 func (e *LayoutError) Error() string {
 	var hint string
+	process := e.Process.String()
 	switch {
+	case !e.Process.UserNamespace && e.Euid != 0:
+		process = fmt.Sprintf("uid %d outside any user namespace", e.Euid)
+		hint = "an ordinary user can only use a rootless store from inside its user namespace " +
+			"(where rootless peapod runs), as the uid 0 there"
 	case !e.Store.UserNamespace:
 		hint = "a process in a user namespace can neither read its trusted.overlay xattrs nor own its files; " +
 			"rootless peapod keeps its own store under $XDG_DATA_HOME/peapod"
 	case !e.Process.UserNamespace:
-		hint = "as real root its layers would show the namespace's host ids (100000+) as owners; " +
+		hint = "as real root it would see the namespace's host ids (the user's subordinate ids) as owners; " +
 			"use it from the rootless peapod that made it, or give real root its own --root"
 	default:
 		hint = "its owners are ids of the other namespace; " +
@@ -187,7 +193,7 @@ func (e *LayoutError) Error() string {
 	}
 	return fmt.Sprintf("image store %s holds layers unpacked by %s; this process runs as %s and cannot use them: %s. "+
 		"Remove the store (its images are pulled again) or use another root",
-		e.Root, e.Store, e.Process, hint)
+		e.Root, e.Store, process, hint)
 }
 
 // permissionHint explains an EACCES or EPERM met while opening a store in

@@ -224,6 +224,15 @@ func TestUserNamespaceChild(t *testing.T) {
 	reg := newTestRegistry()
 	mirror := reg.front(t, frontOpts{})
 	reg.push(t, mirror, "six/layers:1", sixLayerImage(t))
+	locked, err := appendLayers(smallImage(t, "a"), layer(t,
+		entry{name: "private/", typ: tar.TypeDir, mode: 0o700, uid: 7, gid: 7},
+		entry{name: "private/secret", body: "s\n", mode: 0o400, uid: 9, gid: 9},
+		entry{name: "private/far", body: "f\n", mode: 0o400, uid: 80000, gid: 80000},
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.push(t, mirror, "locked/files:1", locked)
 	root := filepath.Join(dir, "images")
 	s, err := Open(Config{Root: root, Log: log,
 		RegistryConfigDir: hostsDir(t, map[string]string{"_default": fmt.Sprintf("server = %q\n", "http://"+mirror.host)})})
@@ -331,6 +340,22 @@ dev/null left out
 	}
 	if b, inodes, mp, err := s.FsUsage(); err != nil || b < 1<<20 || inodes < 20 || mp != root {
 		t.Errorf("FsUsage = %d, %d, %q, %v", b, inodes, mp, err)
+	}
+
+	// An image whose files only their (mapped) owners may read is removed
+	// with all its layers.
+	if _, err := s.Pull(ctxT(t), "example.com/locked/files:1", nil); err != nil {
+		t.Fatal(err)
+	}
+	layersBefore, _ := os.ReadDir(filepath.Join(root, "layers"))
+	if err := s.Remove("example.com/locked/files:1"); err != nil {
+		t.Fatal(err)
+	}
+	if layersAfter, _ := os.ReadDir(filepath.Join(root, "layers")); len(layersBefore) != 8 || len(layersAfter) != 6 {
+		t.Errorf("layers: %d with the locked image, %d after removing it; want 8 and 6", len(layersBefore), len(layersAfter))
+	}
+	if trash, _ := filepath.Glob(filepath.Join(s.session.dir, "*")); len(trash) != 0 {
+		t.Errorf("garbage left in the session: %v", trash)
 	}
 
 	// Unmount, mount again read-only, remove: nothing left.
