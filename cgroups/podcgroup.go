@@ -93,6 +93,8 @@ func CreatePodCgroup(cgroupParent, defaultParent, sandboxID string) (PodCgroup, 
 	if err != nil {
 		return PodCgroup{}, err
 	}
+	// Rootless: only where the host delegated a subtree (delegation.go).
+	roots = usableRoots(roots, p.PausePath)
 	podExisted := false
 	var created []string // deepest first, per hierarchy
 	for _, root := range roots {
@@ -105,8 +107,10 @@ func CreatePodCgroup(cgroupParent, defaultParent, sandboxID string) (PodCgroup, 
 		p.CreatedPod = true
 	}
 
-	switch p.Mode {
-	case ModeV2:
+	switch {
+	case len(roots) == 0:
+		// Nothing delegated: the pod runs without a cgroup.
+	case p.Mode == ModeV2:
 		err = createUnified(roots[""], p.PodPath, p.PausePath)
 	default:
 		err = createV1(roots, p.PodPath, p.PausePath)
@@ -152,8 +156,8 @@ func (p PodCgroup) AddPause(pid int) error {
 	}
 	for key, root := range roots {
 		dir := filepath.Join(root, p.PausePath)
-		if optionalHierarchy(p.Mode, key) && !exists(dir) {
-			continue
+		if (optionalHierarchy(p.Mode, key) || inUserNS()) && !exists(dir) {
+			continue // rootless: a hierarchy not delegated has none
 		}
 		if err := cgroups.WriteCgroupProc(dir, pid); err != nil {
 			return fmt.Errorf("move pause %d into %s: %w", pid, dir, err)
@@ -226,9 +230,9 @@ func (p PodCgroup) Remove() error {
 	return errors.Join(errs...)
 }
 
-// Exists reports whether the pod cgroup still exists in every hierarchy.
-// A pod cgroup removed behind peapod's back (by the kubelet, or an
-// administrator) reports false.
+// Exists reports whether the pod cgroup still exists in every hierarchy
+// (rootless: in every delegated one). A pod cgroup removed behind peapod's
+// back (by the kubelet, or an administrator) reports false.
 func (p PodCgroup) Exists() bool {
 	if p.check() != nil {
 		return false
@@ -237,6 +241,7 @@ func (p PodCgroup) Exists() bool {
 	if err != nil || len(roots) == 0 {
 		return false
 	}
+	roots = usableRoots(roots, p.PodPath)
 	for _, root := range roots {
 		if !exists(filepath.Join(root, p.PodPath)) {
 			return false

@@ -260,6 +260,9 @@ func ReadCPUUsage(cgPath string) (nanos uint64, ok bool, err error) {
 		dir := filepath.Join(h.roots[""], cgPath)
 		b, err := r.read(dir, "cpu.stat")
 		if isNotExist(err) && !exists(dir) {
+			if notDelegated(h.roots[""], cgPath, ErrNotFound) {
+				return 0, false, nil
+			}
 			return 0, false, notFound(cgPath)
 		}
 		if err != nil {
@@ -275,6 +278,9 @@ func ReadCPUUsage(cgPath string) (nanos uint64, ok bool, err error) {
 		return 0, false, nil
 	}
 	if err := r.cpuV1(filepath.Join(root, cgPath), cgPath, &st); err != nil {
+		if notDelegated(root, cgPath, err) {
+			return 0, false, nil
+		}
 		return 0, false, err
 	}
 	if st.CPU == nil {
@@ -519,32 +525,32 @@ func (r reader) readV1(roots map[string]string, cgPath string, st *Stats) error 
 	seen := false
 	if root, ok := roots["cpuacct"]; ok {
 		seen = true
-		if err := r.cpuV1(filepath.Join(root, cgPath), cgPath, st); err != nil {
+		if err := r.cpuV1(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
 			return err
 		}
 	}
 	if root, ok := roots["memory"]; ok {
 		seen = true
-		if err := r.memoryV1(filepath.Join(root, cgPath), cgPath, st); err != nil {
+		if err := r.memoryV1(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
 			return err
 		}
 	}
 	if root, ok := roots["pids"]; ok {
 		seen = true
-		if err := r.pids(filepath.Join(root, cgPath), cgPath, st); err != nil {
+		if err := r.pids(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
 			return err
 		}
 	}
 	if r.detail {
 		if root, ok := roots["cpu"]; ok {
 			seen = true
-			if err := r.cpuControlV1(filepath.Join(root, cgPath), cgPath, st); err != nil {
+			if err := r.cpuControlV1(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
 				return err
 			}
 		}
 		if root, ok := roots["blkio"]; ok {
 			seen = true
-			if err := r.blkioV1(filepath.Join(root, cgPath), cgPath, st); err != nil {
+			if err := r.blkioV1(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
 				return err
 			}
 		}
@@ -557,7 +563,7 @@ func (r reader) readV1(roots map[string]string, cgPath string, st *Stats) error 
 		// No accounting hierarchy at all: the cgroup can still be told
 		// apart from a missing one through any other hierarchy.
 		for _, root := range roots {
-			if exists(filepath.Join(root, cgPath)) {
+			if exists(filepath.Join(root, cgPath)) || notDelegated(root, cgPath, ErrNotFound) {
 				return nil
 			}
 		}
@@ -666,6 +672,9 @@ func (r reader) pids(dir, cgPath string, st *Stats) error {
 func (r reader) readV2(root, cgPath string, st *Stats) error {
 	dir := filepath.Join(root, cgPath)
 	if !exists(dir) {
+		if notDelegated(root, cgPath, ErrNotFound) {
+			return nil // rootless without delegation: nothing is accounted
+		}
 		return notFound(cgPath)
 	}
 	if b, err := r.read(dir, "cpu.stat"); err == nil {
@@ -1209,7 +1218,7 @@ func ReadProcessStats(cgPath string, rootPid int, countThreads bool) (*ProcessSt
 	if err != nil {
 		return nil, err
 	}
-	root := procsRoot(h)
+	root := procsRoot(h, cgPath)
 	if root == "" {
 		return nil, fmt.Errorf("cgroup processes of %s: no hierarchy", cgPath)
 	}
@@ -1256,13 +1265,13 @@ func ReadProcessStats(cgPath string, rootPid int, countThreads bool) (*ProcessSt
 
 // procsRoot picks the hierarchy whose cgroup.procs lists a cgroup's
 // processes: the unified one, else one of the controllers every container
-// cgroup is created in.
-func procsRoot(h *hierarchies) string {
+// cgroup is created in (rootless: one that was delegated).
+func procsRoot(h *hierarchies, cgPath string) string {
 	if h.mode == ModeV2 {
 		return h.roots[""]
 	}
 	for _, c := range []string{"pids", "cpuacct", "cpu", "memory", "devices", "freezer"} {
-		if root, ok := h.roots[c]; ok {
+		if root, ok := h.roots[c]; ok && !notDelegated(root, cgPath, ErrNotFound) {
 			return root
 		}
 	}

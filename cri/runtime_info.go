@@ -3,10 +3,10 @@ package cri
 import (
 	"context"
 	"encoding/json"
+	"maps"
+	"slices"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
-
-	"peapod/cgroups"
 )
 
 const (
@@ -45,7 +45,9 @@ func (s *Server) Status(ctx context.Context, req *runtime.StatusRequest) (*runti
 		Features: &runtime.RuntimeFeatures{SupplementalGroupsPolicy: true},
 	}
 	if req.GetVerbose() {
-		details := map[string]any{"network": s.network.Describe(), "cgroupControllersUnavailable": cgroups.Unavailable()}
+		unavail := s.sandboxes.CgroupControllersUnavailable()
+		details := map[string]any{"network": s.network.Describe(),
+			"cgroupControllersUnavailable": slices.Sorted(maps.Keys(unavail)), "cgroupControllersUnavailableReasons": unavail}
 		for k, v := range s.info.StatusDetails {
 			details[k] = v
 		}
