@@ -182,13 +182,19 @@ func (s *Store) mountOverlay(dir string, diffIDs []string, readOnly bool) error 
 	}
 	// mount(2) takes at most a page of options; deep images go through
 	// the new mount API, one lower layer per fsconfig call (Linux 6.8+).
+	var err error
 	if len(opts) < os.Getpagesize()-1 {
-		if err := unix.Mount("overlay", merged, "overlay", flags, opts); err != nil {
-			return fmt.Errorf("mount overlay on %s: %w", merged, err)
+		if err = unix.Mount("overlay", merged, "overlay", flags, opts); err != nil {
+			err = fmt.Errorf("mount overlay on %s: %w", merged, err)
 		}
-		return nil
+	} else {
+		err = mountOverlayFsconfig(merged, lowers, upper, work, extra, readOnly)
 	}
-	return mountOverlayFsconfig(merged, lowers, upper, work, extra, readOnly)
+	if err != nil && s.layout.UserNamespace && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL)) {
+		err = fmt.Errorf("%w (overlayfs in a user namespace needs Linux 5.11 or newer, a mount namespace "+
+			"owned by that user namespace, and a filesystem with user xattrs under %s)", err, s.root)
+	}
+	return err
 }
 
 // overlayOptions are the overlay mount options beyond the directories. In

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/moby/sys/userns"
 	"golang.org/x/sys/unix"
 )
@@ -356,6 +357,47 @@ dev/null left out
 	}
 	if trash, _ := filepath.Glob(filepath.Join(s.session.dir, "*")); len(trash) != 0 {
 		t.Errorf("garbage left in the session: %v", trash)
+	}
+
+	// A deep image goes through the new mount API (fsconfig), with
+	// userxattr too.
+	const n = 40
+	var deepLayers []v1.Layer
+	deepLayers = append(deepLayers, layer(t, entry{name: "dir/", typ: tar.TypeDir}, entry{name: "dir/old", body: "old"}))
+	for i := range n - 2 {
+		deepLayers = append(deepLayers, layer(t, entry{name: fmt.Sprintf("f%02d", i), body: fmt.Sprint(i)}))
+	}
+	deepLayers = append(deepLayers, layer(t, entry{name: "dir/", typ: tar.TypeDir}, entry{name: "dir/.wh..wh..opq"}, entry{name: "dir/new", body: "new"}))
+	deep, err := appendLayers(empty.Image, deepLayers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.push(t, mirror, "deep/layers:1", deep)
+	deepImg, err := s.Pull(ctxT(t), "example.com/deep/layers:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts := len(strings.Join(deepImg.Layers, ":")); opts < os.Getpagesize() {
+		t.Fatalf("lowerdir is only %d bytes: the test does not exercise the new mount API", opts)
+	}
+	deepRootfs, err := s.MountRootfs("deep", deepImg, false)
+	if err != nil {
+		t.Fatalf("mount a deep image in a user namespace: %v", err)
+	}
+	if opts := mountOptions(t, deepRootfs); !slices.Contains(opts, "userxattr") {
+		t.Errorf("deep overlay options %v lack userxattr", opts)
+	}
+	if entries, err := os.ReadDir(deepRootfs); err != nil || len(entries) != n-1 {
+		t.Errorf("deep rootfs has %d entries, want %d: %v", len(entries), n-1, err)
+	}
+	if entries, err := os.ReadDir(filepath.Join(deepRootfs, "dir")); err != nil || len(entries) != 1 || entries[0].Name() != "new" {
+		t.Errorf("opaque dir of the deep image shows %v, %v; want only new", entries, err)
+	}
+	if err := s.RemoveRootfs("deep"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove(deepImg.ID); err != nil {
+		t.Fatal(err)
 	}
 
 	// Unmount, mount again read-only, remove: nothing left.
