@@ -208,6 +208,29 @@ func TestRootlessCheckNewuidmapNotSetuid(t *testing.T) {
 	}
 }
 
+// With a plain user's PATH (no sbin dirs), iptables is not found by the
+// CNI plugins the daemon would run: check says so, and where it is.
+func TestRootlessCheckPathWithoutSbin(t *testing.T) {
+	u := lookupRootlessUser(t)
+	exe, _ := checkCopy(t)
+	iptables, err := exec.LookPath("iptables")
+	if err != nil || !strings.Contains(iptables, "sbin/") {
+		t.Fatalf("iptables at %q (%v): this test expects it in an sbin dir, as Debian installs it", iptables, err)
+	}
+	cmd := asCheckUser(u, exe)
+	cmd.Env = append(slices.DeleteFunc(cmd.Env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }),
+		"PATH=/usr/local/bin:/usr/bin:/bin")
+	problems, _, ok, exit := runCheck(t, cmd)
+	problems = slices.DeleteFunc(problems, func(p string) bool { return strings.HasPrefix(p, "cgroup v1: ") })
+	if exit != 1 || ok != "" || len(problems) != 1 {
+		t.Fatalf("want the iptables PATH problem only, got %q (exit %d, %q)", problems, exit, ok)
+	}
+	if !strings.HasPrefix(problems[0], "iptables is at "+iptables+", which is not on PATH") ||
+		!strings.Contains(problems[0], "export PATH=$PATH:/usr/sbin:/sbin") {
+		t.Errorf("PATH line: %q", problems[0])
+	}
+}
+
 // checkDelegationLine checks the v1 delegation problem: every undelegated
 // hierarchy named, no delegated one, and the fix (the delegation script).
 func checkDelegationLine(t *testing.T, line, name string, mounts, undelegated []string, script string) {
