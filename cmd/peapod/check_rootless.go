@@ -696,7 +696,7 @@ func (h *hostView) probe(cfg *config) []string {
 		return []string{fmt.Sprintf("probe: %v", err)}
 	}
 	if err := cmd.Start(); err != nil {
-		return []string{fmt.Sprintf("cannot create a user namespace: %v: see the user namespace lines above", err)}
+		return []string{fmt.Sprintf("cannot create a user namespace: %v: unprivileged user namespaces are disabled or restricted here (sysctls above, or a seccomp or AppArmor policy around this shell)", err)}
 	}
 	var out []string
 	pid := strconv.Itoa(cmd.Process.Pid)
@@ -728,10 +728,8 @@ func (h *hostView) probe(cfg *config) []string {
 		for _, w := range []struct{ file, data string }{
 			{"setgroups", "deny"}, {"uid_map", fmt.Sprintf("0 %d 1", h.uid)}, {"gid_map", fmt.Sprintf("0 %d 1", h.gid)},
 		} {
-			// uid_map may already be written by a newuidmap that worked
-			// before newgidmap failed: that is fine, only the gid map is
-			// then missing and writing it ourselves needs setgroups deny,
-			// which a written uid_map does not prevent.
+			// A uid_map that newuidmap wrote before newgidmap failed
+			// stays: writing it again fails, which is fine.
 			if err := os.WriteFile("/proc/"+pid+"/"+w.file, []byte(w.data), 0); err != nil && w.file != "uid_map" {
 				_ = cmd.Process.Kill()
 				_ = cmd.Wait()
