@@ -16,6 +16,14 @@
 // the right client (sent from the host socket with WriteTo). A session
 // without traffic either way for the idle timeout is closed.
 //
+// The pod sees every client as the daemon's address on the pod network
+// (the bridge's gateway IP), not the client's own: source addresses are
+// not preserved, as with RootlessKit's builtin port driver.
+//
+// Publisher groups the forwarders of each pod: it is the daemon's
+// sandbox.PortPublisher. It takes its sockets from a Binder, the
+// binder.Client of a rootless daemon (or Local, NoHostSockets).
+//
 // Close stops a forwarder, closes its socket (freeing the host port) and
 // every connection and session, and returns once all its goroutines are
 // gone.
