@@ -8,7 +8,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -412,7 +414,10 @@ func TestCloseStopsEverything(t *testing.T) {
 	// Servers first: their goroutines live as long as the test.
 	tcpTarget := server(t, echo)
 	udpTarget, _ := udpServer(t)
+	// No GC, so no finalizer closes a socket the forwarder forgot.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	base := runtime.NumGoroutine()
+	baseFDs := countSockets(t)
 
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -425,6 +430,23 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 	uf := UDP(pc, udpTarget, Options{})
 
+	// Connections that end before Close must leave nothing either.
+	for range 3 {
+		c, err := net.Dial("tcp4", tf.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("done"))
+		c.(*net.TCPConn).CloseWrite()
+		if b, err := io.ReadAll(c); err != nil || string(b) != "done" {
+			t.Fatalf("%q %v", b, err)
+		}
+		c.Close()
+	}
+	for deadline := time.Now().Add(5 * time.Second); tf.Active() > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	// Open connections with data in flight, and UDP sessions.
 	var conns []net.Conn
 	for range 5 {
@@ -491,4 +513,30 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 	settleGoroutines(t, base)
+	// No socket of a connection, a session or the forwarders stays open.
+	deadline := time.Now().Add(5 * time.Second)
+	for countSockets(t) > baseFDs && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := countSockets(t); n != baseFDs {
+		t.Errorf("sockets: %d before, %d after Close", baseFDs, n)
+	}
+}
+
+// countSockets counts this process's open sockets. Pipes are left out:
+// the runtime keeps a pool of them for splice(2) and closes them at a
+// later GC.
+func countSockets(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
 }
