@@ -208,8 +208,9 @@ func TestRootlessCheckNewuidmapNotSetuid(t *testing.T) {
 	}
 }
 
-// With a plain user's PATH (no sbin dirs), iptables is not found by the
-// CNI plugins the daemon would run: check says so, and where it is.
+// With a plain user's PATH (no sbin dirs, as on Debian), peapod still finds
+// iptables, which the CNI plugins it runs need: it adds the sbin dirs to
+// its own PATH, so check reports no problem about it.
 func TestRootlessCheckPathWithoutSbin(t *testing.T) {
 	u := lookupRootlessUser(t)
 	exe, _ := checkCopy(t)
@@ -220,14 +221,11 @@ func TestRootlessCheckPathWithoutSbin(t *testing.T) {
 	cmd := asCheckUser(u, exe)
 	cmd.Env = append(slices.DeleteFunc(cmd.Env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }),
 		"PATH=/usr/local/bin:/usr/bin:/bin")
-	problems, _, ok, exit := runCheck(t, cmd)
-	problems = slices.DeleteFunc(problems, func(p string) bool { return strings.HasPrefix(p, "cgroup v1: ") })
-	if exit != 1 || ok != "" || len(problems) != 1 {
-		t.Fatalf("want the iptables PATH problem only, got %q (exit %d, %q)", problems, exit, ok)
-	}
-	if !strings.HasPrefix(problems[0], "iptables is at "+iptables+", which is not on PATH") ||
-		!strings.Contains(problems[0], "export PATH=$PATH:/usr/sbin:/sbin") {
-		t.Errorf("PATH line: %q", problems[0])
+	problems, _, _, _ := runCheck(t, cmd)
+	for _, p := range problems {
+		if strings.Contains(p, "iptables") {
+			t.Errorf("check with a plain user PATH: %q", p)
+		}
 	}
 }
 

@@ -94,7 +94,9 @@ func (u *rootlessUser) asUser(cmd *exec.Cmd) {
 	cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(u.UID), Gid: uint32(u.GID), Groups: []uint32{}}
 	cmd.Env = []string{
 		"HOME=" + u.Home, "USER=" + u.Name, "LOGNAME=" + u.Name,
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		// An ordinary Debian user's PATH, without the sbin dirs:
+		// peapod must find iptables for the CNI plugins by itself.
+		"PATH=/usr/local/bin:/usr/bin:/bin",
 	}
 }
 

@@ -52,11 +52,12 @@ func RunParent(opts ParentOptions) error {
 		return fmt.Errorf("who am I: %w", err)
 	}
 	uid, gid := os.Getuid(), os.Getgid()
-	uids, err := subIDMap("/etc/subuid", u.Username, uid)
+	uids, err := subIDMap("/etc/subuid", u.Username, uid, uid)
 	if err != nil {
 		return err
 	}
-	gids, err := subIDMap("/etc/subgid", u.Username, gid)
+	// /etc/subgid is keyed by user name or uid too, not by gid.
+	gids, err := subIDMap("/etc/subgid", u.Username, uid, gid)
 	if err != nil {
 		return err
 	}
@@ -89,7 +90,7 @@ func RunParent(opts ParentOptions) error {
 	defer conn.Close()
 
 	pid := strconv.Itoa(rec.Holder.PID)
-	args := append([]string{"--target", pid, "--user", "--mount", "--net", "--", opts.Exe, "serve"}, opts.DaemonArgs...)
+	args := append([]string{"--target", pid, "--user", "--mount", "--net", "--ipc", "--uts", "--", opts.Exe, "serve"}, opts.DaemonArgs...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{theirs}
@@ -183,9 +184,10 @@ func ensureHolder(opts ParentOptions, uids, gids idMap) (*holderRecord, error) {
 	return rec, nil
 }
 
-// subIDMap reads the user's first subordinate range from file.
-func subIDMap(file, name string, id int) (idMap, error) {
-	start, count, err := SubIDs(file, name, id)
+// subIDMap reads the subordinate range of the user (name, uid) from file
+// and maps 0 to id (the user's uid or gid) and 1.. to the range.
+func subIDMap(file, name string, uid, id int) (idMap, error) {
+	start, count, err := SubIDs(file, name, uid)
 	if err != nil {
 		return idMap{}, err
 	}

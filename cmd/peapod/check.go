@@ -47,17 +47,9 @@ func check(args []string) error {
 	} else if err := network.Ready(); err != nil {
 		problems = append(problems, "pod network: "+err.Error())
 	}
-	for _, tool := range []string{"iptables"} {
-		if _, err := exec.LookPath(tool); err == nil {
-			continue
-		}
-		if p, err := lookPathSbin(tool); err == nil {
-			// The plugins inherit peapod's PATH: an ordinary user's lacks sbin.
-			problems = append(problems, fmt.Sprintf("%s is at %s, which is not on PATH: the CNI plugins peapod runs inherit its PATH and would not find it: "+
-				"start peapod with the sbin dirs on PATH (export PATH=$PATH:/usr/sbin:/sbin; contrib/peapod.service sets it)", tool, p))
-			continue
-		}
-		problems = append(problems, fmt.Sprintf("%s not found: the bridge and portmap CNI plugins need it (apt-get install iptables)", tool))
+	// peapod puts the sbin dirs on its PATH (addSbinToPath) for the plugins.
+	if _, err := exec.LookPath("iptables"); err != nil {
+		problems = append(problems, "iptables not found: the bridge and portmap CNI plugins need it (apt-get install iptables)")
 	}
 	if os.Geteuid() == 0 {
 		problems = append(problems, netns.CheckShapingSupport()...)

@@ -6,6 +6,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -26,6 +27,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
+	addSbinToPath()
 	var err error
 	switch os.Args[1] {
 	case "serve":
@@ -52,4 +54,24 @@ func main() {
 		fmt.Fprintf(os.Stderr, "peapod: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// addSbinToPath appends the sbin directories missing from PATH. The CNI
+// plugins peapod runs inherit its PATH and need iptables, which Debian
+// installs in /usr/sbin, off an ordinary user's PATH.
+func addSbinToPath() {
+	path := os.Getenv("PATH")
+	have := map[string]bool{}
+	for _, d := range filepath.SplitList(path) {
+		have[d] = true
+	}
+	for _, d := range []string{"/usr/local/sbin", "/usr/sbin", "/sbin"} {
+		if !have[d] {
+			if path != "" {
+				path += string(os.PathListSeparator)
+			}
+			path += d
+		}
+	}
+	os.Setenv("PATH", path)
 }
