@@ -101,14 +101,17 @@ func (m idMap) String() string {
 	return fmt.Sprintf("0 %d 1; 1 %d %d", m.ID, m.SubStart, m.SubCount)
 }
 
-// startHolder starts the holder: the pause binary in a new user, mount and
-// network namespace, in its own session so that it survives the parent,
+// startHolder starts the holder: the pause binary in a new user, mount,
+// network, IPC and UTS namespace, in its own session so that it survives the parent,
 // and writes its id maps. It returns the running holder.
 func startHolder(pauseBinary string, uids, gids idMap) (*exec.Cmd, proc, error) {
 	cmd := exec.Command(pauseBinary)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setsid:     true,
-		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWNET,
+		// IPC and UTS too: the rootless node's own, which pods with
+		// hostIPC (mqueue mounts) and hostNetwork can use, unlike the
+		// host's, owned by the initial user namespace.
+		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
 	}
 	if err := cmd.Start(); err != nil {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EINVAL) {
