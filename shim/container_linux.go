@@ -79,6 +79,10 @@ func (s *server) create(cs ContainerSpec) (retErr error) {
 	if err != nil {
 		return err
 	}
+	if dropped := rootlessCgroups(cfg.Cgroups); len(dropped) > 0 {
+		s.log.Warn("rootless: cgroup controllers not delegated to this user; their limits are not applied",
+			"container", cs.ID, "controllers", dropped)
+	}
 	c := &container{
 		id:      cs.ID,
 		dir:     filepath.Join(s.dir, "containers", cs.ID),
@@ -265,6 +269,13 @@ func (c *container) signalAll(sig syscall.Signal) error {
 		_ = m.Freeze(cgroups.Thawed)
 	}
 	pids, err := m.GetAllPids()
+	if err != nil {
+		// Rootless: the hierarchy the manager lists from (devices on
+		// v1) may not be delegated; any other of the container's does.
+		if dir := anyCgroupDir(st.CgroupPaths); dir != "" {
+			pids, err = cgroups.GetAllPids(dir)
+		}
+	}
 	for _, pid := range pids {
 		_ = unix.Kill(pid, sig)
 	}
@@ -458,7 +469,7 @@ func (c *container) update(r *specs.LinuxResources) error {
 	defer c.op.Unlock()
 	cs := c.spec
 	cs.Resources = r
-	cgPath := c.cfg.Cgroups.Path
+	cgPath := cgroupsPath(c.cfg.Cgroups)
 	if c.cfg.Cgroups.Systemd { // the systemd driver's "slice:prefix:name"
 		cgPath = c.cfg.Cgroups.Parent + ":" + c.cfg.Cgroups.ScopePrefix + ":" + c.cfg.Cgroups.Name
 	}
@@ -474,6 +485,7 @@ func (c *container) update(r *specs.LinuxResources) error {
 	if err != nil {
 		return fmt.Errorf("%w: container %s: resources: %v", ErrInvalid, c.id, err)
 	}
+	rootlessCgroups(cg) // as at create: same naming, same dropped limits
 	cfg := *c.cfg
 	cfg.Cgroups = cg
 	if err := c.lc.Set(cfg); err != nil {

@@ -17,6 +17,8 @@ import (
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/usernstest"
 )
 
 // peapodBin is the real binary the shim runs as, built once by TestMain.
@@ -25,10 +27,21 @@ var peapodBin string
 // rootfs is a busybox root filesystem shared (read-only use) by the tests.
 var rootfs string
 
+// cgroupParent is where pods put their cgroups: the hierarchies' roots,
+// or in a user namespace a subtree delegated to its root.
+var cgroupParent string
+
 func TestMain(m *testing.M) {
 	if os.Getenv(fakeDaemonEnv) != "" {
 		runFakeDaemon()
 		return
+	}
+	if usernstest.InChild() {
+		// Re-executed in a user namespace by TestInUserNamespace: the
+		// parent built the binary and the rootfs.
+		peapodBin, rootfs = os.Getenv(usernsBinEnv), os.Getenv(usernsRootfsEnv)
+		cgroupParent = os.Getenv(usernsCgroupEnv)
+		os.Exit(m.Run())
 	}
 	if os.Geteuid() != 0 {
 		fmt.Println("shim tests need root; skipping")
@@ -36,6 +49,10 @@ func TestMain(m *testing.M) {
 	}
 	tmp, err := os.MkdirTemp("", "peapod-shimtest-")
 	if err != nil {
+		panic(err)
+	}
+	// The binary and the rootfs serve TestInUserNamespace's mapped ids too.
+	if err := os.Chmod(tmp, 0o755); err != nil {
 		panic(err)
 	}
 	code := func() int {
@@ -130,7 +147,7 @@ func newPod(t *testing.T) *pod {
 	p := &pod{t: t, dir: t.TempDir(), pins: map[string]string{}}
 	p.shimDir = filepath.Join(p.dir, "shim")
 	p.logDir = filepath.Join(p.dir, "logs")
-	p.cgroup = "/peapod-shimtest-" + randHex(4)
+	p.cgroup = cgroupParent + "/peapod-shimtest-" + randHex(4)
 
 	holder := exec.Command("/usr/bin/busybox", "sh", "-c",
 		"/usr/bin/busybox ip link set lo up && exec /usr/bin/busybox sleep 1000000")

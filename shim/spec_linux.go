@@ -330,7 +330,9 @@ func allCapabilities() []string {
 
 // clampOOMScoreAdj raises adj to the shim's own oom_score_adj when the
 // shim lacks CAP_SYS_RESOURCE: lowering it would fail the container's start
-// (the kubelet asks for -997 for guaranteed pods).
+// (the kubelet asks for -997 for guaranteed pods). In a user namespace
+// (rootless) the capability is the namespace's, and lowering needs the
+// host's: clamp there always.
 func clampOOMScoreAdj(adj int) int {
 	b, err := os.ReadFile("/proc/self/oom_score_adj")
 	if err != nil {
@@ -340,7 +342,7 @@ func clampOOMScoreAdj(adj int) int {
 	if err != nil || adj >= own {
 		return adj
 	}
-	if hasCapSysResource() {
+	if hasCapSysResource() && !inUserNS() {
 		return adj
 	}
 	return own

@@ -152,7 +152,7 @@ func TestOCISpecRejectsBadInput(t *testing.T) {
 
 func TestOOMScoreAdjIsClampedWithoutCapSysResource(t *testing.T) {
 	got := clampOOMScoreAdj(-997)
-	if hasCapSysResource() {
+	if hasCapSysResource() && !inUserNS() {
 		if got != -997 {
 			t.Errorf("with CAP_SYS_RESOURCE: %d", got)
 		}

@@ -1,0 +1,131 @@
+package shim
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/moby/sys/userns"
+	"github.com/opencontainers/cgroups"
+
+	pcgroups "peapod/cgroups"
+)
+
+// Rootless peapod runs the shim as uid 0 in a user namespace. The cgroup
+// hierarchies there are the host's and only partly ours: those the host
+// delegated to the user are writable, the others are not. Containers then
+// get cgroups where they can and run without them elsewhere, and the
+// limits of the controllers they cannot have are dropped (logged), as runc
+// does for rootless containers. Devices are bind-mounted instead of
+// created, which libcontainer decides by itself in a user namespace.
+
+// inUserNS is userns.RunningInUserNS; a var for tests.
+var inUserNS = userns.RunningInUserNS
+
+// rootlessCgroups adapts a container's cgroupfs config in a user
+// namespace and returns the controllers whose limits it dropped (nil as
+// real root, or with the systemd driver, which delegation covers whole).
+//
+// libcontainer tolerates a hierarchy it may not create or join
+// (permission errors in a rootless config) only for a cgroup named by
+// Parent and Name; a Path makes every such error fatal. So the path is
+// given as Parent and Name, which name the same cgroup.
+func rootlessCgroups(cg *cgroups.Cgroup) []string {
+	if cg == nil || !cg.Rootless || cg.Systemd || !inUserNS() {
+		return nil
+	}
+	if cg.Path != "" {
+		cg.Parent, cg.Name, cg.Path = filepath.Dir(cg.Path), filepath.Base(cg.Path), ""
+	}
+	dropped := pcgroups.Undelegated(filepath.Join(cg.Parent, cg.Name))
+	if cg.Resources != nil {
+		dropped = dropResources(cg.Resources, dropped)
+	}
+	return dropped
+}
+
+// cgroupsPath is the cgroupfs path of a container's cgroup config,
+// however it is named (Path, or Parent and Name).
+func cgroupsPath(cg *cgroups.Cgroup) string {
+	if cg.Path != "" || cg.Name == "" {
+		return cg.Path
+	}
+	return filepath.Join(cg.Parent, cg.Name)
+}
+
+// dropResources clears the limits of the controllers ctrls in r and
+// returns those of ctrls that had a limit set.
+func dropResources(r *cgroups.Resources, ctrls []string) []string {
+	var had []string
+	for _, c := range ctrls {
+		set := false
+		switch c {
+		case "cpu":
+			set = r.CpuShares != 0 || r.CpuQuota != 0 || r.CpuPeriod != 0 || r.CpuRtRuntime != 0 ||
+				r.CpuRtPeriod != 0 || r.CPUIdle != nil || r.CpuBurst != nil || r.CpuWeight != 0
+			r.CpuShares, r.CpuQuota, r.CpuPeriod, r.CpuRtRuntime, r.CpuRtPeriod = 0, 0, 0, 0, 0
+			r.CPUIdle, r.CpuBurst, r.CpuWeight = nil, nil, 0
+		case "cpuset":
+			set = r.CpusetCpus != "" || r.CpusetMems != ""
+			r.CpusetCpus, r.CpusetMems = "", ""
+		case "memory":
+			set = r.Memory != 0 || r.MemoryReservation != 0 || r.MemorySwap != 0 ||
+				r.MemorySwappiness != nil || r.OomKillDisable
+			r.Memory, r.MemoryReservation, r.MemorySwap = 0, 0, 0
+			r.MemorySwappiness, r.OomKillDisable, r.MemoryCheckBeforeUpdate = nil, false, false
+		case "pids":
+			set = r.PidsLimit != nil
+			r.PidsLimit = nil
+		case "blkio", "io":
+			set = r.BlkioWeight != 0 || r.BlkioLeafWeight != 0 || r.BlkioWeightDevice != nil ||
+				r.BlkioThrottleReadBpsDevice != nil || r.BlkioThrottleWriteBpsDevice != nil ||
+				r.BlkioThrottleReadIOPSDevice != nil || r.BlkioThrottleWriteIOPSDevice != nil
+			r.BlkioWeight, r.BlkioLeafWeight, r.BlkioWeightDevice = 0, 0, nil
+			r.BlkioThrottleReadBpsDevice, r.BlkioThrottleWriteBpsDevice = nil, nil
+			r.BlkioThrottleReadIOPSDevice, r.BlkioThrottleWriteIOPSDevice = nil, nil
+		case "hugetlb":
+			set = r.HugetlbLimit != nil
+			r.HugetlbLimit = nil
+		case "net_cls":
+			set = r.NetClsClassid != 0
+			r.NetClsClassid = 0
+		case "net_prio":
+			set = r.NetPrioIfpriomap != nil
+			r.NetPrioIfpriomap = nil
+		case "rdma":
+			set = r.Rdma != nil
+			r.Rdma = nil
+		}
+		// v2: unified keys of the controller ("memory.high").
+		for k := range r.Unified {
+			if strings.HasPrefix(k, c+".") {
+				delete(r.Unified, k)
+				set = true
+			}
+		}
+		if set {
+			had = append(had, c)
+		}
+	}
+	return had
+}
+
+// anyCgroupDir returns a directory of paths (a container's cgroup in each
+// hierarchy, as libcontainer's state lists it) that exists: where to list
+// the container's processes when the preferred hierarchy was not
+// delegated.
+func anyCgroupDir(paths map[string]string) string {
+	for _, k := range []string{"", "pids", "devices", "freezer", "cpuacct", "cpu", "memory"} {
+		if p, ok := paths[k]; ok && p != "" {
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+		}
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
