@@ -107,7 +107,7 @@ func (m idMap) String() string {
 func startHolder(pauseBinary string, uids, gids idMap) (*exec.Cmd, proc, error) {
 	cmd := exec.Command(pauseBinary)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setsid:     true,
+		Setsid: true,
 		// IPC and UTS too: the rootless node's own, which pods with
 		// hostIPC (mqueue mounts) and hostNetwork can use, unlike the
 		// host's, owned by the initial user namespace.

@@ -20,6 +20,7 @@ import (
 	"peapod/pause/embedded"
 	"peapod/rootless"
 	"peapod/rootless/binder"
+	"peapod/rootless/portfwd"
 	"peapod/sandbox"
 )
 
@@ -157,6 +158,10 @@ func newNetwork(cfg *config) (*netns.Network, error) {
 		DefaultBridge: cfg.CNI.Bridge,
 		DefaultSubnet: cfg.CNI.Subnet,
 		IPAMDataDir:   filepath.Join(cfg.Root, "cni", "networks"),
+		// Rootless, hostPorts are forwarded from the host's ports in
+		// user space (see hostPorts); portmap would map the daemon's own
+		// network namespace only.
+		NoPortmap: cfg.mode == rootless.Child,
 	})
 }
 
@@ -188,6 +193,22 @@ func serveRootlessParent(cfg *config, args []string, log *slog.Logger) error {
 		Log:         log,
 		HasPods:     func() bool { return hasPods(cfg.Root) },
 	})
+}
+
+// hostPorts is the publisher of pods' hostPorts for a rootless daemon, nil
+// as root (CNI portmap does it). It forwards from sockets the parent binds
+// on the host; a daemon started without a peapod parent (unshare) cannot
+// have those, and refuses pods with hostPorts rather than run them
+// unreachable.
+func hostPorts(cfg *config, hostSockets *binder.Client, log *slog.Logger) sandbox.PortPublisher {
+	if cfg.mode != rootless.Child {
+		return nil
+	}
+	var b portfwd.Binder = portfwd.NoHostSockets("this rootless daemon has no peapod parent to bind host ports for it: start it with `peapod serve` as the user")
+	if hostSockets != nil {
+		b = hostSockets
+	}
+	return portfwd.NewPublisher(b, portfwd.Options{Log: log})
 }
 
 // hasPods tells whether the instance at root has any pod record.
@@ -258,6 +279,7 @@ func serve(args []string) error {
 		NetworkTimeout:      cfg.CNI.Timeout.Duration,
 		RetryInterval:       cfg.CNI.DelRetryInterval.Duration,
 		Log:                 log,
+		Ports:               hostPorts(cfg, hostSockets, log),
 	})
 	if err != nil {
 		return err

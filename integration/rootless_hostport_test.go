@@ -1,0 +1,173 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// podEcho serves TCP on :8080 and UDP on :8081 inside the pod's network
+// namespace, answering "pod:" and what it got. The sockets are the test's
+// own, opened on a thread switched into the namespace (the pod's pause
+// process holds it), so no extra tool is needed in the pod.
+func podEcho(t *testing.T, pausePID int) {
+	t.Helper()
+	var l net.Listener
+	var pc net.PacketConn
+	err := ns.WithNetNSPath(fmt.Sprintf("/proc/%d/ns/net", pausePID), func(ns.NetNS) error {
+		var err error
+		if l, err = net.Listen("tcp4", ":8080"); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp4", ":8081")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen in the pod: %v", err)
+	}
+	t.Cleanup(func() { l.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, _ := io.ReadAll(c)
+				c.Write(append([]byte("pod:"), b...))
+			}()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte("pod:"), buf[:n]...), from)
+		}
+	}()
+}
+
+func hostFreePort(t *testing.T, network string) int32 {
+	t.Helper()
+	if network == "udp" {
+		pc, err := net.ListenPacket("udp", ":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		return int32(pc.LocalAddr().(*net.UDPAddr).Port)
+	}
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return int32(l.Addr().(*net.TCPAddr).Port)
+}
+
+func tcpAsk(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("hi"))
+	c.(*net.TCPConn).CloseWrite()
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+func udpAsk(addr string) (string, error) {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	buf := make([]byte, 64)
+	for range 5 {
+		c.Write([]byte("u?"))
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := c.Read(buf)
+		if err == nil {
+			return string(buf[:n]), nil
+		}
+	}
+	return "", fmt.Errorf("no UDP reply from %s", addr)
+}
+
+// TestRootlessHostPorts: a rootless pod's TCP and UDP hostPorts answer on
+// the host's 127.0.0.1 (the parent binds them, the daemon forwards); a
+// second pod on a taken port and a privileged port fail with
+// FailedPrecondition and say why; the ports go with a killed daemon, come
+// back with its restart, and are freed with the pod.
+func TestRootlessHostPorts(t *testing.T) {
+	d := startDaemon(t, withRootless())
+	tcpPort, udpPort := hostFreePort(t, "tcp"), hostFreePort(t, "udp")
+	cfg := podConfig("hp")
+	cfg.PortMappings = []*runtime.PortMapping{
+		{Protocol: runtime.Protocol_TCP, ContainerPort: 8080, HostPort: tcpPort},
+		{Protocol: runtime.Protocol_UDP, ContainerPort: 8081, HostPort: udpPort, HostIp: "127.0.0.1"},
+	}
+	id := d.runPod(t, cfg)
+	_, v := d.status(t, id)
+	podEcho(t, v.PID)
+
+	tcpAddr := fmt.Sprintf("127.0.0.1:%d", tcpPort)
+	var got string
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if got, err = tcpAsk(tcpAddr); err == nil && got == "pod:hi" {
+			break
+		}
+	}
+	if got != "pod:hi" {
+		t.Fatalf("hostPort %d/tcp from the host's 127.0.0.1: %q, %v", tcpPort, got, err)
+	}
+	if got, err := udpAsk(fmt.Sprintf("127.0.0.1:%d", udpPort)); err != nil || got != "pod:u?" {
+		t.Errorf("hostPort %d/udp: %q, %v", udpPort, got, err)
+	}
+
+	clash := podConfig("hp-clash")
+	clash.PortMappings = []*runtime.PortMapping{{Protocol: runtime.Protocol_TCP, ContainerPort: 80, HostPort: tcpPort}}
+	_, err = d.RT.RunPodSandbox(ctxT(t), &runtime.RunPodSandboxRequest{Config: clash})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "already in use") {
+		t.Errorf("second pod on the same hostPort: want FailedPrecondition, in use; got %v", err)
+	}
+	t.Logf("clash: %v", err)
+	low := podConfig("hp-low")
+	low.PortMappings = []*runtime.PortMapping{{Protocol: runtime.Protocol_TCP, ContainerPort: 80, HostPort: 80}}
+	_, err = d.RT.RunPodSandbox(ctxT(t), &runtime.RunPodSandboxRequest{Config: low})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "ip_unprivileged_port_start") {
+		t.Errorf("hostPort 80: want FailedPrecondition naming ip_unprivileged_port_start; got %v", err)
+	}
+	t.Logf("low: %v", err)
+
+	d.kill9()
+	if _, err := tcpAsk(tcpAddr); err == nil {
+		t.Errorf("hostPort still answers with the daemon killed")
+	}
+	d.start()
+	if got, err := tcpAsk(tcpAddr); err != nil || got != "pod:hi" {
+		t.Errorf("hostPort after kill -9 and restart: %q, %v", got, err)
+	}
+
+	d.stopRemove(t, id)
+	if l, err := net.Listen("tcp", fmt.Sprintf(":%d", tcpPort)); err != nil {
+		t.Errorf("host port %d still taken after the pod was removed: %v", tcpPort, err)
+	} else {
+		l.Close()
+	}
+}
