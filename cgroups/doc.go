@@ -16,6 +16,16 @@
 // pod. Directory creation per controller relies on
 // github.com/opencontainers/cgroups.
 //
+// Two drivers make them, chosen once at start behind the Driver interface
+// (driver.go): cgroupfs writes the directories itself; systemd (as the
+// kubelet's cgroupDriver: systemd) takes the cgroup_parent as a slice name,
+// e.g. kubepods-besteffort-pod<uid>.slice, and asks systemd over D-Bus for
+// transient scopes peapod-<id>.scope in it for the pause and (through the
+// shim's libcontainer) for each container; a pod without a parent gets a
+// slice of its own in peapod.slice (systemd.go). Both leave ordinary paths
+// in the hierarchy, so stats and kills do not care which made them.
+// PodCgroup.SetResources applies pod-level limits live (resources.go).
+//
 // A PodCgroup is a plain value that the sandbox store persists as JSON; all
 // its methods work from that value alone, after a daemon restart too. The
 // kubelet owns the cgroups it creates: peapod removes a pod cgroup only when

@@ -120,6 +120,9 @@ func (p PodCgroup) resources(roots map[string]string, r *specs.LinuxResources) (
 				return nil, invalidRes("cpu shares %d: want %d to %d", *c.Shares, minShares, maxShares)
 			}
 			res.CpuShares = *c.Shares
+			if p.Mode == ModeV2 { // cpu.weight (and systemd's CPUWeight)
+				res.CpuWeight = cgroups.ConvertCPUSharesToCgroupV2Value(*c.Shares)
+			}
 		}
 		if c.Period != nil && *c.Period != 0 {
 			if *c.Period < minPeriod || *c.Period > maxPeriod {

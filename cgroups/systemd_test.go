@@ -14,6 +14,7 @@ import (
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
+	libcgroups "github.com/opencontainers/cgroups"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -262,12 +263,14 @@ func TestSystemdPodLifecycle(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	sp := unitProps(t, wantSlice, "CPUQuotaPerSecUSec", "MemoryMax", "TasksMax")
-	if sp["MemoryMax"] != strconv.Itoa(200<<20) || sp["TasksMax"] != "64" || sp["CPUQuotaPerSecUSec"] != "500ms" {
+	weight := strconv.FormatUint(libcgroups.ConvertCPUSharesToCgroupV2Value(shares), 10)
+	sp := unitProps(t, wantSlice, "CPUQuotaPerSecUSec", "MemoryMax", "TasksMax", "CPUWeight")
+	if sp["MemoryMax"] != strconv.Itoa(200<<20) || sp["TasksMax"] != "64" || sp["CPUQuotaPerSecUSec"] != "500ms" ||
+		DetectMode() == ModeV2 && sp["CPUWeight"] != weight {
 		t.Errorf("slice properties after SetResources: %v", sp)
 	}
 	if DetectMode() == ModeV2 {
-		for file, want := range map[string]string{"memory.max": strconv.Itoa(200 << 20), "pids.max": "64", "cpu.max": "50000 100000"} {
+		for file, want := range map[string]string{"memory.max": strconv.Itoa(200 << 20), "pids.max": "64", "cpu.max": "50000 100000", "cpu.weight": weight} {
 			b, err := os.ReadFile(filepath.Join(root, p.PodPath, file))
 			if err != nil || strings.TrimSpace(string(b)) != want {
 				t.Errorf("%s = %q (%v), want %q", file, b, err, want)
