@@ -8,6 +8,14 @@
 # present, pod IP on eth0 of the pinned netns; then stopp, rmp, and nothing
 # left (cgroup, pause, state).
 #
+# Then the same binary with --cgroup-driver systemd (the image boots
+# systemd): pods in a slice made by the "kubelet", in a slice peapod makes
+# for a parent that does not exist yet, and in a slice of peapod's own; the
+# pause in peapod-<id>.scope; a container (image made here from the VM's
+# busybox, imported with `peapod image import`) in peapod-<id>.scope of the
+# same slice with its limits as unit properties, its stats; after rm / rmp
+# no scope or peapod slice is left and the kubelet's slice is kept.
+#
 # Exit 0 pass, 1 fail, 77 skipped (binaries not built).
 set -u
 : "${REPO:?REPO not set}"
@@ -34,12 +42,16 @@ fail() {
 }
 crictl() { "$CRICTL" --runtime-endpoint "unix://$SOCK" --timeout 120s "$@"; }
 
-finish() {
+stop_daemon() {
 	if [ -n "$DPID" ] && kill -0 "$DPID" 2>/dev/null; then
 		kill -TERM "$DPID"
 		for _ in $(seq 100); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.2; done
 		kill -KILL "$DPID" 2>/dev/null
 	fi
+	DPID=
+}
+finish() {
+	stop_daemon
 	if [ "$failures" != 0 ]; then
 		echo "---- daemon log (last 80 lines) ----"
 		tail -n 80 "$DAEMON_LOG"
@@ -153,5 +165,168 @@ done
 run_pod smoke-kubelet smoke-uid-2 "$KPARENT"
 [ -d "/sys/fs/cgroup$KPARENT" ] && ok "kubelet's parent kept" || fail "the kubelet's parent $KPARENT was removed"
 rmdir "/sys/fs/cgroup$KPARENT" "/sys/fs/cgroup/kubepods-vm/besteffort" "/sys/fs/cgroup/kubepods-vm" 2>/dev/null
+
+# ---- the systemd cgroup driver ----
+
+# make_image FILE: a docker-save archive of this machine's static busybox,
+# tagged example.test/smoke:1 (no registry needed).
+make_image() {
+	local d=$BASE/img bb diff
+	bb=$(command -v busybox) || return 1
+	rm -rf "$d" && mkdir -p "$d/rootfs/bin" "$d/rootfs/etc" "$d/rootfs/tmp" "$d/rootfs/proc" "$d/rootfs/sys" "$d/rootfs/dev" || return 1
+	cp "$bb" "$d/rootfs/bin/busybox" || return 1
+	for a in sh sleep cat echo head; do ln -s busybox "$d/rootfs/bin/$a"; done
+	echo 'root:x:0:0:root:/root:/bin/sh' >"$d/rootfs/etc/passwd"
+	echo 'root:x:0:' >"$d/rootfs/etc/group"
+	tar -C "$d/rootfs" -cf "$d/layer.tar" . || return 1
+	diff=$(sha256sum "$d/layer.tar" | cut -d' ' -f1)
+	printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}\n' "$diff" >"$d/config.json"
+	echo '[{"Config":"config.json","RepoTags":["example.test/smoke:1"],"Layers":["layer.tar"]}]' >"$d/manifest.json"
+	tar -C "$d" -cf "$1" manifest.json config.json layer.tar
+}
+
+unit_prop() { systemctl show -p "$2" --value "$1" 2>/dev/null; }
+wait_inactive() { # unit
+	for _ in $(seq 100); do
+		[ "$(unit_prop "$1" ActiveState)" = active ] || return 0
+		sleep 0.2
+	done
+	return 1
+}
+
+# sd_container POD_ID POD_JSON POD_CGROUP_DIR: a container in its scope.
+sd_container() {
+	local id=$1 json=$2 podcg=$3 cj="$BASE/ctr-$1.json" cid cpid cg flat cpu mem
+	cat >"$cj" <<'EOF'
+{
+  "metadata": {"name": "work"},
+  "image": {"image": "example.test/smoke:1"},
+  "command": ["sh", "-c", "i=0; while [ $i -lt 50000 ]; do i=$((i+1)); done; head -c 16777216 /dev/zero >/dev/shm/fill; echo >/dev/shm/filled; exec sleep 3600"],
+  "log_path": "work.log",
+  "linux": {"resources": {"memory_limit_in_bytes": 104857600, "cpu_quota": 50000, "cpu_period": 100000}}
+}
+EOF
+	cid=$(crictl create --no-pull "$id" "$cj" "$json" 2>&1 | tail -1)
+	if [ ${#cid} != 64 ]; then
+		fail "crictl create: $cid"
+		return
+	fi
+	crictl start "$cid" >/dev/null 2>&1 || { fail "crictl start $cid"; return; }
+	cpid=$(crictl inspect -o go-template --template '{{.info.pid}}' "$cid" 2>&1)
+	cg=$(cat "/proc/$cpid/cgroup" 2>/dev/null)
+	if [ "$cg" = "0::${podcg#/sys/fs/cgroup}/peapod-$cid.scope" ]; then
+		ok "container in peapod-${cid:0:12}….scope of the pod slice"
+	else
+		fail "container $cpid cgroup '$cg', want 0::${podcg#/sys/fs/cgroup}/peapod-$cid.scope"
+	fi
+	[ "$(unit_prop "peapod-$cid.scope" MemoryMax)" = 104857600 ] && ok "container scope MemoryMax=100M" ||
+		fail "container scope MemoryMax=$(unit_prop "peapod-$cid.scope" MemoryMax)"
+	[ "$(unit_prop "peapod-$cid.scope" CPUQuotaPerSecUSec)" = 500ms ] && ok "container scope CPUQuota 50%" ||
+		fail "container scope CPUQuotaPerSecUSec=$(unit_prop "peapod-$cid.scope" CPUQuotaPerSecUSec)"
+	# The loop and the 16 MiB in /dev/shm (shmem: charged to the writer,
+	# part of its working set) take a while under TCG.
+	for _ in $(seq 60); do
+		[ "$(crictl exec "$cid" sh -c '[ -f /dev/shm/filled ] && echo y' 2>/dev/null)" = y ] && break
+		sleep 0.5
+	done
+	sleep 1
+	if crictl stats -o json --id "$cid" >"$BASE/cstats-$id" 2>&1; then
+		flat=$(tr -d ' \n' <"$BASE/cstats-$id")
+		cpu=$(echo "$flat" | grep -o '"usageCoreNanoSeconds":{"value":"[0-9]*"' | head -1 | grep -o '[0-9][0-9]*')
+		mem=$(echo "$flat" | grep -o '"workingSetBytes":{"value":"[0-9]*"' | head -1 | grep -o '[0-9][0-9]*')
+		echo "container stats: cpu ${cpu:-none} ns, working set ${mem:-none} B"
+		[ "${cpu:-0}" -gt 0 ] && ok "container cpu usage read from its scope" || fail "no container cpu usage: $(head -c 600 "$BASE/cstats-$id")"
+		[ "${mem:-0}" -gt 16000000 ] && ok "container working set counts its 16 MiB" || fail "container working set ${mem:-none}, want > 16 MB"
+	else
+		fail "crictl stats: $(head -5 "$BASE/cstats-$id")"
+	fi
+	crictl stop --timeout 2 "$cid" >/dev/null 2>&1 && ok "stop container" || fail "crictl stop $cid"
+	crictl rm "$cid" >/dev/null 2>&1 && ok "rm container" || fail "crictl rm $cid"
+	wait_inactive "peapod-$cid.scope" && ok "container scope gone" || fail "container scope still active"
+}
+
+sd_pod() { # name uid slice-or-empty owned(1 if peapod makes the slice)
+	local name=$1 uid=$2 parent=$3 owned=$4 json="$BASE/$1.json" out id pid slice cg podcg
+	step "systemd driver: pod $name (cgroup_parent ${parent:-none})"
+	cat >"$json" <<EOF
+{
+  "metadata": {"name": "$name", "namespace": "default", "uid": "$uid"},
+  "hostname": "$name",
+  "log_directory": "$BASE/logs/$name",
+  "linux": {${parent:+\"cgroup_parent\": \"$parent\"}}
+}
+EOF
+	if ! out=$(crictl runp "$json" 2>&1); then
+		fail "crictl runp $name: $out"
+		return
+	fi
+	id=$(echo "$out" | tail -1)
+	pid=$(crictl inspectp -o go-template --template '{{.info.pid}}' "$id" 2>&1)
+	cg=$(cat "/proc/$pid/cgroup" 2>/dev/null)
+	echo "pause $pid: $cg"
+	case "$cg" in 0::*/peapod-"$id".scope) ok "pause in peapod-${id:0:12}….scope" ;; *) fail "pause cgroup '$cg' is not peapod-$id.scope" ;; esac
+	[ "$(unit_prop "peapod-$id.scope" ActiveState)" = active ] && ok "pause scope unit active" ||
+		fail "pause scope unit: $(unit_prop "peapod-$id.scope" ActiveState)"
+	slice=$(unit_prop "peapod-$id.scope" Slice)
+	if [ -n "$parent" ]; then
+		[ "$slice" = "$parent" ] && ok "pause scope in the slice $parent" || fail "pause scope in slice '$slice', want $parent"
+	else
+		case "$slice" in peapod*-"$id".slice) ok "pause scope in peapod's pod slice $slice" ;; *) fail "pause scope in slice '$slice'" ;; esac
+	fi
+	podcg=/sys/fs/cgroup$(unit_prop "$slice" ControlGroup)
+	sd_container "$id" "$json" "$podcg"
+	crictl stopp "$id" >/dev/null 2>&1 && ok "stopp" || fail "crictl stopp $id"
+	crictl rmp "$id" >/dev/null 2>&1 && ok "rmp" || fail "crictl rmp $id"
+	kill -0 "$pid" 2>/dev/null && fail "pause $pid alive after rmp" || ok "pause gone"
+	wait_inactive "peapod-$id.scope" && ok "pause scope gone" || fail "pause scope still active"
+	if [ "$owned" = 1 ]; then
+		wait_inactive "$slice" && ok "peapod's pod slice $slice stopped" || fail "pod slice $slice still active"
+		[ -d "$podcg" ] && fail "pod slice cgroup $podcg left" || ok "pod slice cgroup removed"
+	else
+		[ "$(unit_prop "$slice" ActiveState)" = active ] && ok "the kubelet's slice kept" || fail "the kubelet's slice $slice was stopped"
+	fi
+}
+
+if ! [ -d /run/systemd/system ]; then
+	echo "systemd is not PID 1 here: the systemd driver part is left out"
+	finish
+fi
+stop_daemon
+SDROOT=$BASE/root-sd
+step "systemd driver: import the smoke image"
+if make_image "$BASE/smoke-image.tar" && "$PEAPOD" image import "$BASE/smoke-image.tar" --root "$SDROOT"; then
+	ok "image example.test/smoke:1 imported"
+else
+	fail "build or import the smoke image"
+fi
+SOCK=$BASE/peapod-sd.sock
+"$PEAPOD" serve --cgroup-driver systemd --socket "$SOCK" --root "$SDROOT" --state "$BASE/state-sd" \
+	--cni-conf-dir "$BASE/net.d" --cni-bin-dir "$CNI" --log-level debug >>"$DAEMON_LOG" 2>&1 &
+DPID=$!
+for _ in $(seq 300); do
+	[ -S "$SOCK" ] && break
+	kill -0 "$DPID" 2>/dev/null || break
+	sleep 0.2
+done
+if ! [ -S "$SOCK" ]; then
+	fail "daemon with --cgroup-driver systemd did not listen on $SOCK"
+	finish
+fi
+ok "daemon with --cgroup-driver systemd listening"
+crictl info 2>&1 | grep -q '"cgroupDriver": "systemd"' && ok "crictl info: cgroupDriver systemd" ||
+	fail "crictl info does not say systemd: $(crictl info 2>&1 | grep -i cgroup)"
+
+# A kubelet makes its pod slice before RunPodSandbox (a unit in it keeps it
+# up here).
+KSLICE=kubepods-besteffort-podsmoke$$.slice
+systemd-run --quiet --unit "smoke-kubelet-$$" --slice "$KSLICE" --property DefaultDependencies=no sleep 600 ||
+	fail "make the kubelet's slice $KSLICE"
+sd_pod sd-kubelet sd-uid-1 "$KSLICE" 0
+systemctl stop "smoke-kubelet-$$.service" "$KSLICE" 2>/dev/null
+# A parent slice that does not exist yet: peapod makes it, and removes it.
+sd_pod sd-newslice sd-uid-2 "kubepods-burstable-podsmoke$$.slice" 1
+# No parent (crictl's default): a slice of peapod's own.
+sd_pod sd-default sd-uid-3 "" 1
+[ -z "$(crictl pods -q 2>/dev/null)" ] && ok "no pods listed" || fail "pods still listed: $(crictl pods 2>&1)"
 
 finish
