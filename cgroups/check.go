@@ -75,6 +75,11 @@ func checkV2(root string) []string {
 // checkWritable checks that cgroups can be created where peapod creates
 // them: the hierarchy root for root, the own (delegated) cgroup otherwise.
 func checkWritable(root, what string) string {
+	if inUserNS() {
+		// Rootless: the hierarchies are the host's; what matters is
+		// the subtree delegated to the user (Unavailability).
+		return ""
+	}
 	dir := root
 	if os.Geteuid() != 0 {
 		own, err := ownCgroup(root)

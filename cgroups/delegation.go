@@ -207,3 +207,67 @@ func Undelegated(cgPath string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// PrepareDelegatedV2 readies, for rootless pods on a cgroup v2 host, the
+// subtree that the host delegated to this process's cgroup (systemd's
+// Delegate=yes gives a user's service its own cgroup), and returns that
+// cgroup's path: the parent under which the pods' cgroups go.
+//
+// cgroup v2 lets a cgroup either hold processes or pass controllers down
+// to children, not both ("no internal processes"). So every process of
+// the cgroup (the daemon and its helpers) moves into the child leaf first,
+// then the controllers the cgroup has are enabled for its children. A
+// process already in leaf (a restarted daemon) keeps it, and the parent
+// is leaf's. Without a delegated, writable cgroup it fails with the
+// reason; pods then run without cgroups.
+func PrepareDelegatedV2(leaf string) (string, error) {
+	if hostMode() != ModeV2 {
+		return "", errors.New("delegated cgroup v2 subtree: this host uses cgroup v1")
+	}
+	if leaf == "" || strings.ContainsAny(leaf, "/\x00") || leaf == "." || leaf == ".." {
+		return "", fmt.Errorf("delegated cgroup v2 subtree: bad leaf name %q", leaf)
+	}
+	root := unifiedMountpoint
+	own, err := ownCgroup(root)
+	if err != nil {
+		return "", fmt.Errorf("delegated cgroup v2 subtree: %w", err)
+	}
+	if filepath.Base(own) == leaf && own != "/" {
+		own = filepath.Dir(own) // prepared by an earlier start
+	}
+	if own == "/" {
+		return "", errors.New("delegated cgroup v2 subtree: this process is in the root cgroup, which is not delegated")
+	}
+	dir := filepath.Join(root, own)
+	for _, f := range []string{"", "cgroup.procs", "cgroup.subtree_control"} {
+		if err := unix.Access(filepath.Join(dir, f), unix.W_OK); err != nil {
+			return "", fmt.Errorf("delegated cgroup v2 subtree: %s", notDelegatedReason(&os.PathError{Op: "write", Path: filepath.Join(dir, f), Err: err}))
+		}
+	}
+	leafDir := filepath.Join(dir, leaf)
+	if err := os.Mkdir(leafDir, 0o755); err != nil && !os.IsExist(err) {
+		return "", fmt.Errorf("delegated cgroup v2 subtree: %w", err)
+	}
+	// Processes may fork meanwhile: a few rounds until none is left.
+	for round := 0; ; round++ {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			return "", fmt.Errorf("delegated cgroup v2 subtree: %w", err)
+		}
+		pids := strings.Fields(string(b))
+		if len(pids) == 0 {
+			break
+		}
+		if round == 10 {
+			return "", fmt.Errorf("delegated cgroup v2 subtree: processes %v keep appearing in %s", pids, dir)
+		}
+		for _, pid := range pids {
+			err := os.WriteFile(filepath.Join(leafDir, "cgroup.procs"), []byte(pid), 0)
+			if err != nil && !errors.Is(err, unix.ESRCH) {
+				return "", fmt.Errorf("delegated cgroup v2 subtree: move process %s into %s: %w", pid, leafDir, err)
+			}
+		}
+	}
+	enableControllers(dir)
+	return own, nil
+}

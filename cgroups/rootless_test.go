@@ -6,7 +6,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"peapod/internal/usernstest"
 )
@@ -127,6 +130,11 @@ func TestRootlessChildPodCgroupInDelegatedHierarchiesOnly(t *testing.T) {
 			t.Errorf("Unavailability[%s] = %q for a delegated controller", c, r)
 		}
 	}
+	for _, line := range Check() {
+		if strings.Contains(line, "not writable") {
+			t.Errorf("Check in a user namespace: %s", line)
+		}
+	}
 	if got := Undelegated(filepath.Join(p.PodPath, "ctr")); !slices.Equal(got, notDelegatedHere) {
 		t.Errorf("Undelegated = %v, want %v", got, notDelegatedHere)
 	}
@@ -204,5 +212,118 @@ func TestRootlessChildSweepOrphans(t *testing.T) {
 	}
 	if err := RemoveParentIfEmpty(def); err != nil {
 		t.Fatal(err)
+	}
+}
+
+const (
+	rlV2MountEnv = "PEAPOD_CGTEST_V2_MOUNT"
+	rlV2SvcEnv   = "PEAPOD_CGTEST_V2_SERVICE"
+)
+
+// TestRootlessV2DelegatedSubtree runs the v2 path as root of a user
+// namespace born in a delegated cgroup2 directory, the way systemd starts
+// a user's service with Delegate=yes. On this v1-hybrid host the cgroup2
+// mount is the controller-less /sys/fs/cgroup/unified (a real cgroup2
+// filesystem: moves, clone-into-cgroup, kill and removal are the
+// kernel's); on a v2 host it is /sys/fs/cgroup.
+func TestRootlessV2DelegatedSubtree(t *testing.T) {
+	usernstest.RequireRoot(t)
+	mnt := unifiedMountpoint
+	if DetectMode() != ModeV2 {
+		mnt = "/sys/fs/cgroup/unified"
+		var st unix.Statfs_t
+		if err := unix.Statfs(mnt, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+			t.Skip("no cgroup2 mount")
+		}
+	}
+	svc := "/peapod-cgtest-v2-" + randHex(4)
+	dir := usernstest.DelegateV2(t, mnt, svc)
+	out := usernstest.Run(t, "^TestRootlessV2Child", usernstest.Options{
+		Cgroup2Dir: dir,
+		Env:        []string{rlV2MountEnv + "=" + mnt, rlV2SvcEnv + "=" + svc},
+		Args:       []string{"-test.v"},
+	})
+	if !strings.Contains(out, "--- PASS: TestRootlessV2ChildPrepareCreateRemove ") {
+		t.Errorf("child did not pass:\n%s", out)
+	}
+	// Only the daemon leaf the child moved itself into is left (empty
+	// now; DelegateV2's cleanup removes it).
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.IsDir() && e.Name() != "daemon" {
+			t.Errorf("cgroup %s left in the delegated subtree", e.Name())
+		}
+	}
+}
+
+func TestRootlessV2ChildPrepareCreateRemove(t *testing.T) {
+	usernstest.RequireChild(t)
+	mnt, svc := os.Getenv(rlV2MountEnv), os.Getenv(rlV2SvcEnv)
+	if mnt == "" {
+		t.Skip("started by TestRootlessV2DelegatedSubtree")
+	}
+	if DetectMode() != ModeV2 {
+		fakeUnifiedRoot(t, mnt)
+	}
+	parent, err := PrepareDelegatedV2("daemon")
+	if err != nil || parent != svc {
+		t.Fatalf("PrepareDelegatedV2 = %q, %v; want %q", parent, err, svc)
+	}
+	if own, _ := ownCgroup(mnt); own != svc+"/daemon" {
+		t.Fatalf("own cgroup %q, want the leaf %s/daemon", own, svc)
+	}
+	// A restarted daemon finds its leaf.
+	if again, err := PrepareDelegatedV2("daemon"); err != nil || again != svc {
+		t.Fatalf("PrepareDelegatedV2 again = %q, %v", again, err)
+	}
+
+	def := parent + "/peapod"
+	p, err := CreatePodCgroup("", def, newSandboxID())
+	if err != nil {
+		t.Fatalf("CreatePodCgroup in the delegated subtree: %v", err)
+	}
+	if !exists(filepath.Join(mnt, p.PausePath)) {
+		t.Fatalf("pause cgroup %s not created", p.PausePath)
+	}
+	fd, err := p.PauseCgroupFD()
+	if err != nil || fd < 0 {
+		t.Fatalf("PauseCgroupFD: %d, %v", fd, err)
+	}
+	s := startSleeper(t, &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd})
+	unix.Close(fd)
+	if lines := procCgroups(t, s.cmd.Process.Pid); !slices.Contains(lines, "0::"+p.PausePath) {
+		t.Errorf("pause born in %v, want 0::%s", lines, p.PausePath)
+	}
+	st, err := ReadStats(p.PodPath)
+	if err != nil || st.CPU == nil {
+		t.Errorf("ReadStats: %+v, %v", st, err)
+	}
+	for c, why := range Unavailability(def) {
+		if strings.Contains(why, "not writable") {
+			t.Errorf("%s: %s, in a delegated subtree", c, why)
+		}
+	}
+	if err := p.Remove(); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	s.assertKilled(t)
+	if exists(filepath.Join(mnt, p.PodPath)) {
+		t.Errorf("pod cgroup left")
+	}
+	if err := RemoveParentIfEmpty(def); err != nil || exists(filepath.Join(mnt, def)) {
+		t.Errorf("RemoveParentIfEmpty: %v", err)
+	}
+
+	// Outside the delegated subtree nothing is writable: no cgroup, no
+	// error, nothing accounted, and Unavailability says why.
+	q, err := CreatePodCgroup("", "/peapod-cgtest-nowhere-"+randHex(4), newSandboxID())
+	if err != nil || exists(filepath.Join(mnt, q.PodPath)) {
+		t.Fatalf("CreatePodCgroup outside the delegation: %v", err)
+	}
+	if st, err := ReadStats(q.PodPath); err != nil || st.CPU != nil {
+		t.Errorf("ReadStats outside the delegation: %+v, %v", st, err)
+	}
+	if err := q.Remove(); err != nil {
+		t.Errorf("Remove outside the delegation: %v", err)
 	}
 }

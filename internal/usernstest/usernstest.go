@@ -69,6 +69,9 @@ type Options struct {
 	Timeout time.Duration
 	// Args are extra test flags (e.g. "-test.v").
 	Args []string
+	// Cgroup2Dir, when set, is a cgroup2 directory the child is born
+	// in (CLONE_INTO_CGROUP), as a service with a delegated cgroup is.
+	Cgroup2Dir string
 }
 
 // Run re-executes the test binary inside a new user + mount (+ network)
@@ -118,6 +121,15 @@ func Run(t testing.TB, run string, o Options) string {
 		Credential: &syscall.Credential{Uid: 0, Gid: 0},
 		Setsid:     true,
 		Pdeathsig:  syscall.SIGKILL,
+	}
+	if o.Cgroup2Dir != "" {
+		fd, err := unix.Open(o.Cgroup2Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = fd
 	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -254,4 +266,44 @@ func killAll(dir string) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// DelegateV2 creates the cgroup2 directory cgPath under the cgroup2 mount
+// mnt and delegates it to the namespace's root the way the kernel
+// documents it (the directory, cgroup.procs, cgroup.threads and
+// cgroup.subtree_control change owner). It returns the directory and
+// removes it, with whatever the test left in it, when t ends.
+func DelegateV2(t testing.TB, mnt, cgPath string) string {
+	t.Helper()
+	dir := filepath.Join(mnt, cgPath)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"} {
+		if err := os.Lchown(filepath.Join(dir, f), HostID, HostID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		var dirs []string
+		_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			_ = os.WriteFile(filepath.Join(dirs[i], "cgroup.kill"), []byte("1"), 0)
+			for try := 0; try < 100; try++ {
+				if err := unix.Rmdir(dirs[i]); err == nil || err == unix.ENOENT {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if _, err := os.Stat(dirs[i]); err == nil {
+				t.Errorf("cannot remove cgroup %s", dirs[i])
+			}
+		}
+	})
+	return dir
 }
