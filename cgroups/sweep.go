@@ -83,7 +83,8 @@ func RemoveParentIfEmpty(defaultParent string) error {
 	var errs []error
 	for _, root := range roots {
 		err := os.Remove(filepath.Join(root, defaultParent))
-		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EBUSY) {
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EBUSY) &&
+			!(inUserNS() && errors.Is(err, os.ErrPermission)) { // rootless: a hierarchy not delegated (any more)
 			errs = append(errs, fmt.Errorf("remove cgroup parent %s: %w", filepath.Join(root, defaultParent), err))
 		}
 	}

@@ -138,6 +138,11 @@ func TestRootlessChildPartialDelegation(t *testing.T) {
 		return strings.Fields(string(b))
 	}
 	waitFor(t, func() bool { return len(procs()) == 2 })
+	var stdout strings.Builder
+	if code, err := p.client.Exec(ctx, "forks", ExecSpec{Args: []string{"sh", "-c", "cat /proc/self/cgroup"}, Stdout: &stdout}); err != nil || code != 0 ||
+		!strings.Contains(stdout.String(), ":cpu:"+p.cgroup+"/forks") {
+		t.Errorf("exec in the container: %d, %v, cgroups %q", code, err, stdout.String())
+	}
 
 	// Limits of a controller that is not delegated are dropped, the
 	// others applied.
