@@ -30,4 +30,19 @@
 // its methods work from that value alone, after a daemon restart too. The
 // kubelet owns the cgroups it creates: peapod removes a pod cgroup only when
 // it created it, and always removes the pause cgroup.
+//
+// Rootless peapod runs as uid 0 of a user namespace over the host's cgroup
+// filesystems (delegation.go). It can use a hierarchy only where the host
+// delegated a subtree to the user: on v1 a directory chowned to the user in
+// that hierarchy (integration/rootless-delegate.sh makes
+// /sys/fs/cgroup/<hierarchy>/peapod-<user>), on v2 the service's own cgroup
+// with Delegate=yes, which PrepareDelegatedV2 readies (the daemon moves into
+// a leaf, controllers are enabled for the pods). Detection is
+// userns.RunningInUserNS, so RootlessKit and `unshare` behave the same. Pods
+// get cgroups in the delegated hierarchies only and still run without the
+// others; ReadStats leaves the sections of those controllers nil (absent,
+// not zero), Unavailability says for each unusable controller why ("not
+// delegated to this user: ... is not writable"), and Undelegated tells the
+// shim which containers' limits it must drop. As real root none of this
+// changes anything.
 package cgroups

@@ -15,6 +15,14 @@
 // a new mount namespace always. Their cgroup is <PodCgroup>/<id> unless the
 // spec names one (cgroupfs paths, relative to each hierarchy's root).
 //
+// Rootless (the shim is uid 0 of a user namespace, rootless_linux.go):
+// libcontainer runs with RootlessCgroups and bind-mounts device nodes
+// instead of creating them; a container gets its cgroup in the hierarchies
+// delegated to the user and none in the others, whose limits are dropped
+// with a warning in the shim's log; oom_score_adj is never lowered (that
+// needs CAP_SYS_RESOURCE of the host). Non-zero container uids are the
+// namespace's, so they map into the user's subordinate range.
+//
 // The protocol between Client and shim is private: length-prefixed JSON
 // frames over a unix stream socket in DIR, one connection per call; an exec
 // session streams its stdio as further frames on its connection. The shim
