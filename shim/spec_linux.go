@@ -139,10 +139,21 @@ func ociSpec(cs *ContainerSpec, podCgroup string, nsPath func(kind specs.LinuxNa
 	}
 
 	// Mounts: the defaults not covered by a spec mount, then the spec's.
+	hostPID := true
+	for _, ns := range s.Linux.Namespaces {
+		hostPID = hostPID && ns.Type != specs.PIDNamespace
+	}
 	for _, m := range defaultMounts(cs.Privileged) {
-		if !coveredBy(m.Destination, cs.Mounts) {
-			s.Mounts = append(s.Mounts, m)
+		if coveredBy(m.Destination, cs.Mounts) {
+			continue
 		}
+		// In a user namespace (rootless) a proc of the host's PID
+		// namespace cannot be mounted anew (the initial user namespace
+		// owns it): bind the one the runtime sees, as podman does.
+		if m.Destination == "/proc" && hostPID && userns.RunningInUserNS() {
+			m = specs.Mount{Destination: "/proc", Type: "bind", Source: "/proc", Options: []string{"rbind", "nosuid", "noexec", "nodev"}}
+		}
+		s.Mounts = append(s.Mounts, m)
 	}
 	for _, m := range cs.Mounts {
 		opts := []string{"rbind"}

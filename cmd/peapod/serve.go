@@ -158,10 +158,10 @@ func newNetwork(cfg *config) (*netns.Network, error) {
 		DefaultBridge: cfg.CNI.Bridge,
 		DefaultSubnet: cfg.CNI.Subnet,
 		IPAMDataDir:   filepath.Join(cfg.Root, "cni", "networks"),
-		// Rootless, hostPorts are forwarded from the host's ports in
-		// user space (see hostPorts); portmap would map the daemon's own
-		// network namespace only.
-		NoPortmap: cfg.mode == rootless.Child,
+		// Rootless, portmap still maps hostPorts inside the node's own
+		// network namespace (for clients there, as a kubelet run with
+		// nsenter); the host's ports are forwarded in user space (see
+		// hostPorts).
 	})
 }
 
@@ -300,7 +300,11 @@ func serve(args []string) error {
 	// crictl and the kubelet are, through a socket its parent binds.
 	listen := net.Listen
 	if hostSockets != nil {
-		listen = hostSockets.Listen
+		// ... and on the same port of its own loopback, for clients
+		// inside the rootless node (nsenter), as a kubelet there would be.
+		listen = func(network, addr string) (net.Listener, error) {
+			return rootless.HostListener(hostSockets.Listen, network, addr)
+		}
 	}
 	streamListener, err := listen("tcp", cfg.StreamAddress)
 	if err != nil {
