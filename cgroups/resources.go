@@ -62,6 +62,15 @@ func (p PodCgroup) SetResources(r *specs.LinuxResources) error {
 	if err != nil {
 		return err
 	}
+	// Rootless: only the delegated controllers can take limits (the
+	// containers' are dropped the same way, see Undelegated).
+	if p.Driver != DriverSystemd && inUserNS() {
+		roots = usableRoots(roots, p.PodPath)
+		DropLimits(res, Undelegated(p.PodPath))
+		if len(roots) == 0 {
+			return nil
+		}
+	}
 	snap := snapshot(p.Mode, roots, p.PodPath, res)
 	var m cgroups.Manager
 	cg := &cgroups.Cgroup{Path: p.PodPath, Resources: res}

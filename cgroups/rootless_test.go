@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"peapod/internal/usernstest"
@@ -91,6 +92,16 @@ func TestRootlessChildPodCgroupInDelegatedHierarchiesOnly(t *testing.T) {
 		if in != want {
 			t.Errorf("pause in %s: %q (in pause cgroup %v, want %v)", f[1], f[2], in, want)
 		}
+	}
+
+	// Pod-level limits: the delegated controllers take them, the others'
+	// are dropped.
+	limit, shares := int64(256<<20), uint64(512)
+	if err := p.SetResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}, CPU: &specs.LinuxCPU{Shares: &shares}}); err != nil {
+		t.Errorf("SetResources with memory not delegated: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(roots["cpu"], p.PodPath, "cpu.shares")); err != nil || strings.TrimSpace(string(b)) != "512" {
+		t.Errorf("pod cpu.shares = %q, %v", b, err)
 	}
 
 	st, err := ReadStats(p.PodPath)

@@ -3,7 +3,6 @@ package shim
 import (
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/moby/sys/userns"
 	"github.com/opencontainers/cgroups"
@@ -39,7 +38,7 @@ func rootlessCgroups(cg *cgroups.Cgroup) []string {
 	}
 	dropped := pcgroups.Undelegated(filepath.Join(cg.Parent, cg.Name))
 	if cg.Resources != nil {
-		dropped = dropResources(cg.Resources, dropped)
+		dropped = pcgroups.DropLimits(cg.Resources, dropped)
 	}
 	return dropped
 }
@@ -51,63 +50,6 @@ func cgroupsPath(cg *cgroups.Cgroup) string {
 		return cg.Path
 	}
 	return filepath.Join(cg.Parent, cg.Name)
-}
-
-// dropResources clears the limits of the controllers ctrls in r and
-// returns those of ctrls that had a limit set.
-func dropResources(r *cgroups.Resources, ctrls []string) []string {
-	var had []string
-	for _, c := range ctrls {
-		set := false
-		switch c {
-		case "cpu":
-			set = r.CpuShares != 0 || r.CpuQuota != 0 || r.CpuPeriod != 0 || r.CpuRtRuntime != 0 ||
-				r.CpuRtPeriod != 0 || r.CPUIdle != nil || r.CpuBurst != nil || r.CpuWeight != 0
-			r.CpuShares, r.CpuQuota, r.CpuPeriod, r.CpuRtRuntime, r.CpuRtPeriod = 0, 0, 0, 0, 0
-			r.CPUIdle, r.CpuBurst, r.CpuWeight = nil, nil, 0
-		case "cpuset":
-			set = r.CpusetCpus != "" || r.CpusetMems != ""
-			r.CpusetCpus, r.CpusetMems = "", ""
-		case "memory":
-			set = r.Memory != 0 || r.MemoryReservation != 0 || r.MemorySwap != 0 ||
-				r.MemorySwappiness != nil || r.OomKillDisable
-			r.Memory, r.MemoryReservation, r.MemorySwap = 0, 0, 0
-			r.MemorySwappiness, r.OomKillDisable, r.MemoryCheckBeforeUpdate = nil, false, false
-		case "pids":
-			set = r.PidsLimit != nil
-			r.PidsLimit = nil
-		case "blkio", "io":
-			set = r.BlkioWeight != 0 || r.BlkioLeafWeight != 0 || r.BlkioWeightDevice != nil ||
-				r.BlkioThrottleReadBpsDevice != nil || r.BlkioThrottleWriteBpsDevice != nil ||
-				r.BlkioThrottleReadIOPSDevice != nil || r.BlkioThrottleWriteIOPSDevice != nil
-			r.BlkioWeight, r.BlkioLeafWeight, r.BlkioWeightDevice = 0, 0, nil
-			r.BlkioThrottleReadBpsDevice, r.BlkioThrottleWriteBpsDevice = nil, nil
-			r.BlkioThrottleReadIOPSDevice, r.BlkioThrottleWriteIOPSDevice = nil, nil
-		case "hugetlb":
-			set = r.HugetlbLimit != nil
-			r.HugetlbLimit = nil
-		case "net_cls":
-			set = r.NetClsClassid != 0
-			r.NetClsClassid = 0
-		case "net_prio":
-			set = r.NetPrioIfpriomap != nil
-			r.NetPrioIfpriomap = nil
-		case "rdma":
-			set = r.Rdma != nil
-			r.Rdma = nil
-		}
-		// v2: unified keys of the controller ("memory.high").
-		for k := range r.Unified {
-			if strings.HasPrefix(k, c+".") {
-				delete(r.Unified, k)
-				set = true
-			}
-		}
-		if set {
-			had = append(had, c)
-		}
-	}
-	return had
 }
 
 // anyCgroupDir returns a directory of paths (a container's cgroup in each
