@@ -47,6 +47,7 @@ run: build
 test: build tools
 	PEAPOD_BIN=$(BIN)/peapod PEAPOD_CRICTL=$(BIN)/tools/crictl $(GO) test $(GOTEST_FLAGS) ./...
 	$(MAKE) critest
+	$(MAKE) critest-rootless
 
 unit: pause
 	$(GO) test $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /integration)
@@ -75,6 +76,16 @@ CRITEST_FLAGS   ?=
 critest: build critest-bin $(BIN)/cache/busybox
 	$(GO) run ./integration/critest -peapod $(BIN)/peapod -critest $(BIN)/tools/critest \
 		-busybox $(BIN)/cache/busybox -cni-bin-dir $(BIN)/cni -logs $(BIN)/critest-logs $(CRITEST_FLAGS)
+
+# The same suite against a rootless instance: peapod run by the ordinary
+# user $(ROOTLESS_USER) (.ci/run creates it), critest run as that user inside
+# the rootless node's namespaces, as usernetes runs a kubelet.
+ROOTLESS_USER   ?= peapod-test
+.PHONY: critest-rootless
+critest-rootless: build critest-bin $(BIN)/cache/busybox
+	$(GO) run ./integration/critest -peapod $(BIN)/peapod -critest $(BIN)/tools/critest \
+		-busybox $(BIN)/cache/busybox -cni-bin-dir $(BIN)/cni -logs $(BIN)/critest-logs-rootless \
+		-rootless $(ROOTLESS_USER) -bridge ppcritrl0 -pod-subnet 10.96.201.0/24 $(CRITEST_FLAGS)
 
 critest-bin: $(BIN)/tools/critest
 

@@ -28,6 +28,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -45,6 +46,7 @@ type options struct {
 	logLevel                            string
 	extra                               string
 	parallel                            int
+	rootless                            string
 }
 
 func main() {
@@ -67,6 +69,7 @@ func main() {
 	flag.StringVar(&o.logLevel, "log-level", "debug", "peapod's --log-level")
 	flag.StringVar(&o.extra, "critest-args", "", "more critest arguments, space-separated")
 	flag.IntVar(&o.parallel, "parallel", 1, "critest -parallel: ginkgo processes (needs the ginkgo CLI next to critest or in PATH; Serial specs still run one by one)")
+	flag.StringVar(&o.rootless, "rootless", "", "run peapod as this ordinary user (rootless mode; the daemon pulls from the registry through the gateway 10.0.2.2)")
 	flag.Parse()
 	os.Exit(run(o))
 }
@@ -161,7 +164,14 @@ func run(o options) int {
 		fmt.Println("    " + l)
 	}
 	hostsDir := filepath.Join(work, "registry.d")
-	if err := reg.writeHostsDir(hostsDir, registryHosts(images)); err != nil {
+	// A rootless daemon lives in its own network namespace: it reaches
+	// the host's loopback at the network helper's gateway.
+	mirror := reg.addr
+	if o.rootless != "" {
+		_, port, _ := net.SplitHostPort(reg.addr)
+		mirror = net.JoinHostPort("10.0.2.2", port)
+	}
+	if err := reg.writeHostsDir(hostsDir, mirror, registryHosts(images)); err != nil {
 		return fail("%v", err)
 	}
 	if o.checkImages {
@@ -193,8 +203,30 @@ func run(o options) int {
 		"--log-level", o.logLevel,
 	}
 	peapodLog := filepath.Join(o.logs, "peapod.log")
-	fmt.Printf("==> %s %s\n", o.peapod, strings.Join(args, " "))
-	d, err := startDaemon(o.peapod, peapodLog, args)
+	peapodBin := o.peapod
+	var rl *rootlessRun
+	if o.rootless != "" {
+		if rl, err = prepareRootless(o.rootless, work, o.peapod, o.cniBinDir); err != nil {
+			return fail("%v", err)
+		}
+		peapodBin = rl.peapod
+		for i, a := range args {
+			if a == "--cni-bin-dir" {
+				args[i+1] = rl.cniBin
+			}
+		}
+		args = append(args, "--rootless-host-loopback", "--rootless-net", "slirp4netns")
+		for _, dir := range []string{"root", "state"} {
+			_ = os.MkdirAll(filepath.Join(work, dir), 0o700)
+		}
+		if err := rl.handOver(work); err != nil {
+			return fail("%v", err)
+		}
+		defer func() { cleanupNotes = append(cleanupNotes, killNamespaces(filepath.Join(work, "state"))...) }()
+		fmt.Printf("==> rootless, as %s (uid %d)\n", rl.user.Username, rl.uid)
+	}
+	fmt.Printf("==> %s %s\n", peapodBin, strings.Join(args, " "))
+	d, err := startDaemon(peapodBin, peapodLog, args, rl)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -252,14 +284,40 @@ func run(o options) int {
 	defer critestLog.Close()
 	t = time.Now()
 	fmt.Printf("==> %s %s\n", o.critest, strings.Join(cargs, " "))
-	cmd := exec.Command(o.critest, cargs...)
+	critestBin := o.critest
+	var cmd *exec.Cmd
+	if rl != nil {
+		// A rootless runtime is driven from inside its node, the way
+		// usernetes runs a kubelet: as the user, joined to the user,
+		// mount, network, IPC and UTS namespaces peapod made. There pod
+		// IPs are reachable (from the host they are not: the request
+		// would leave through the host's default route), the log dirs,
+		// volumes and seccomp profiles critest makes are the user's, and
+		// hostNetwork/hostIPC mean the node's.
+		var err error
+		if critestBin, err = rl.critest(o.critest, work, report, cargs); err != nil {
+			return fail("%v", err)
+		}
+		holder, err := holderPID(filepath.Join(work, "state"))
+		if err != nil {
+			return fail("%v", err)
+		}
+		cmd = exec.Command("nsenter", append([]string{"--target", strconv.Itoa(holder), "--user", "--mount", "--net", "--ipc", "--uts", "--", critestBin}, rl.critestArgs...)...)
+		fmt.Printf("==> in the rootless node's namespaces (holder %d): %s\n", holder, strings.Join(cmd.Args, " "))
+	} else {
+		cmd = exec.Command(critestBin, cargs...)
+	}
 	cmd.Dir = work
 	cmd.Stdout = io.MultiWriter(os.Stdout, critestLog)
 	cmd.Stderr = io.MultiWriter(os.Stderr, critestLog)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// critest -parallel runs the ginkgo CLI from PATH: `make critest-bin`
 	// puts the matching one next to critest.
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(o.critest)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(critestBin)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	if rl != nil {
+		cmd.SysProcAttr.Credential = rl.credential()
+		cmd.Env = append(rl.env(), "PATH="+filepath.Dir(critestBin)+":/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR="+filepath.Join(work, "tmp"))
+	}
 	if err := cmd.Start(); err != nil {
 		return fail("%v", err)
 	}
@@ -279,6 +337,11 @@ func run(o options) int {
 		}
 	}
 	critestTime := time.Since(t)
+	if rl != nil {
+		if err := rl.collectReport(report); err != nil {
+			fmt.Fprintf(os.Stderr, "critest report: %v\n", err)
+		}
+	}
 
 	// Summary.
 	var b strings.Builder

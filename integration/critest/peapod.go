@@ -30,7 +30,7 @@ type daemon struct {
 	exitErr error
 }
 
-func startDaemon(bin, logPath string, args []string) (*daemon, error) {
+func startDaemon(bin, logPath string, args []string, rl *rootlessRun) (*daemon, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, err
@@ -47,6 +47,10 @@ func startDaemon(bin, logPath string, args []string) (*daemon, error) {
 	// Its own process group: a Ctrl-C on the terminal reaches the harness,
 	// which removes the pods before it stops the daemon.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if rl != nil {
+		d.cmd.SysProcAttr.Credential = rl.credential()
+		d.cmd.Env = rl.env()
+	}
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
 	}

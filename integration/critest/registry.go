@@ -150,11 +150,12 @@ func (r *localRegistry) verify(ctx context.Context, imgs []*testImage) ([]string
 // writeHostsDir writes a containerd-style registry config dir that sends
 // every registry to this one: _default/hosts.toml, and the same file for
 // each registry host critest names.
-func (r *localRegistry) writeHostsDir(dir string, hosts []string) error {
+// server is the registry's address as the daemon reaches it.
+func (r *localRegistry) writeHostsDir(dir, server string, hosts []string) error {
 	content := fmt.Sprintf(`# Written by peapod's integration/critest: every registry is served by the
 # harness's in-process registry (plain http on loopback).
 server = "http://%s"
-`, r.addr)
+`, server)
 	for _, h := range append([]string{"_default"}, hosts...) {
 		d := filepath.Join(dir, h)
 		if err := os.MkdirAll(d, 0o755); err != nil {
