@@ -50,6 +50,7 @@ func (s *server) exec(conn *net.UnixConn, req *request) {
 	if er.Tty && er.Size != nil {
 		p.ConsoleWidth, p.ConsoleHeight = er.Size.Width, er.Size.Height
 	}
+	p.SubCgroupPaths = c.execCgroupPaths()
 	pio, err := newProcessIO(p, er.Tty, er.Stdin)
 	if err != nil {
 		if !c.initAlive() {

@@ -71,3 +71,29 @@ func anyCgroupDir(paths map[string]string) string {
 	}
 	return ""
 }
+
+// execCgroupPaths is the SubCgroupPaths of an exec process: nil (join the
+// container's cgroups the ordinary way) except rootless on cgroup v1.
+// There libcontainer keeps, among the container's cgroup paths, those of
+// named and hybrid hierarchies it joins on a best-effort basis even where
+// they could not be created (not delegated); joining an exec through its
+// manager stops at the first such missing directory, so the exec would
+// miss the hierarchies that come after it. Naming one controller's
+// cgroup ("" below it: the container's own) takes libcontainer's other
+// path, which writes the exec into every hierarchy, ignoring failures.
+func (c *container) execCgroupPaths() map[string]string {
+	cg := c.cfg.Cgroups
+	if cg == nil || !cg.Rootless || cg.Systemd || !inUserNS() || cgroups.IsCgroup2UnifiedMode() {
+		return nil
+	}
+	st, err := c.lc.State()
+	if err != nil {
+		return nil
+	}
+	for _, k := range []string{"pids", "cpu", "cpuacct", "memory", "freezer", "devices", "blkio", "cpuset"} {
+		if _, ok := st.CgroupPaths[k]; ok {
+			return map[string]string{k: ""}
+		}
+	}
+	return nil
+}

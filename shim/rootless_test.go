@@ -141,7 +141,8 @@ func TestRootlessChildPartialDelegation(t *testing.T) {
 	var stdout strings.Builder
 	if code, err := p.client.Exec(ctx, "forks", ExecSpec{Args: []string{"sh", "-c", "cat /proc/self/cgroup"}, Stdout: &stdout}); err != nil || code != 0 ||
 		!strings.Contains(stdout.String(), ":cpu:"+p.cgroup+"/forks") {
-		t.Errorf("exec in the container: %d, %v, cgroups %q", code, err, stdout.String())
+		state, _ := os.ReadFile(filepath.Join(p.shimDir, "runc", "forks", "state.json"))
+		t.Errorf("exec in the container: %d, %v, cgroups %q; state %s", code, err, stdout.String(), state)
 	}
 
 	// Limits of a controller that is not delegated are dropped, the
