@@ -160,6 +160,11 @@ func (p PodCgroup) AddPause(pid int) error {
 			continue // rootless: a hierarchy not delegated has none
 		}
 		if err := cgroups.WriteCgroupProc(dir, pid); err != nil {
+			if optionalHierarchy(p.Mode, key) && inUserNS() && errors.Is(err, os.ErrPermission) {
+				// Rootless on hybrid: the cgroup2 mount's rules want
+				// the common ancestor writable, the root; best effort.
+				continue
+			}
 			return fmt.Errorf("move pause %d into %s: %w", pid, dir, err)
 		}
 	}
