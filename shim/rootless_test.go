@@ -47,6 +47,7 @@ var usernsTests = []string{
 	"TestOOMScoreAdjIsClampedWithoutCapSysResource",
 	"TestRootlessChildPartialDelegation",
 	"TestRootlessChildDevicesAreBindMounted",
+	"TestRootlessChildWithoutDelegation",
 }
 
 func TestInUserNamespace(t *testing.T) {
@@ -191,4 +192,35 @@ func TestRootlessChildDevicesAreBindMounted(t *testing.T) {
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// TestRootlessChildWithoutDelegation: nothing is delegated, so containers
+// get no cgroup at all; they still run, exec, stop and go.
+func TestRootlessChildWithoutDelegation(t *testing.T) {
+	usernstest.RequireChild(t)
+	old := cgroupParent
+	cgroupParent = "/peapod-shimtest-nowhere-" + randHex(4)
+	defer func() { cgroupParent = old }()
+	p := newPod(t)
+	ctx := context.Background()
+	spec := p.spec("free", false, "sleep", "1000")
+	limit := int64(64 << 20)
+	spec.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}
+	p.run(spec)
+	for _, dir := range cgroupDirs(p.cgroup) {
+		if exists(dir) {
+			t.Errorf("%s created without delegation", dir)
+		}
+	}
+	var stdout strings.Builder
+	if code, err := p.client.Exec(ctx, "free", ExecSpec{Args: []string{"echo", "in"}, Stdout: &stdout}); err != nil || code != 0 || stdout.String() != "in\n" {
+		t.Errorf("exec: %d, %v, %q", code, err, stdout.String())
+	}
+	st, err := p.client.Stop(ctx, "free", time.Second)
+	if err != nil || st.Status != StatusExited {
+		t.Fatalf("stop: %+v, %v", st, err)
+	}
+	if err := p.client.Delete(ctx, "free"); err != nil {
+		t.Fatal(err)
+	}
 }
