@@ -192,17 +192,25 @@ func serveRootlessParent(cfg *config, args []string, log *slog.Logger) error {
 		Net:         rootless.NetOptions{Kind: cfg.Rootless.Net, HostLoopback: cfg.Rootless.HostLoopback},
 		Log:         log,
 		HasPods:     func() bool { return hasPods(cfg.Root) },
+		PodCgroup:   cfg.delegatedPodCgroup(),
 	})
 }
 
 // hostPorts is the publisher of pods' hostPorts for a rootless daemon, nil
 // as root (CNI portmap does it). It forwards from sockets the parent binds
-// on the host; a daemon started without a peapod parent (unshare) cannot
-// have those, and refuses pods with hostPorts rather than run them
-// unreachable.
+// on the host. Under RootlessKit (no peapod parent) RootlessKit's port API
+// publishes them. A daemon with neither (unshare) refuses pods with
+// hostPorts rather than run them unreachable.
 func hostPorts(cfg *config, hostSockets *binder.Client, log *slog.Logger) sandbox.PortPublisher {
 	if cfg.mode != rootless.Child {
 		return nil
+	}
+	if rk := rootless.RootlessKitStateDir(); hostSockets == nil && rk != "" {
+		p := rootless.NewRootlessKitPorts(rootless.RootlessKitOptions{StateDir: rk, Journal: filepath.Join(cfg.State, "rootlesskit-ports.json"), Log: log})
+		if err := p.Err(); err != nil {
+			log.Warn("pods with hostPorts are refused", "err", err)
+		}
+		return p
 	}
 	var b portfwd.Binder = portfwd.NoHostSockets("this rootless daemon has no peapod parent to bind host ports for it: start it with `peapod serve` as the user")
 	if hostSockets != nil {
