@@ -192,7 +192,6 @@ func serveRootlessParent(cfg *config, args []string, log *slog.Logger) error {
 		Net:         rootless.NetOptions{Kind: cfg.Rootless.Net, HostLoopback: cfg.Rootless.HostLoopback},
 		Log:         log,
 		HasPods:     func() bool { return hasPods(cfg.Root) },
-		PodCgroup:   cfg.delegatedPodCgroup(),
 	})
 }
 
