@@ -40,6 +40,11 @@ type ParentOptions struct {
 	// HasPods tells, once the daemon has exited, whether pods remain:
 	// the holder then stays so that a new daemon finds them.
 	HasPods func() bool
+	// PodCgroup names the cgroup of the daemon's pods inside a delegated
+	// cgroup v2 subtree (cgroup2.go): when the parent finds one, the
+	// daemon gets --cgroup-parent <subtree>/<PodCgroup>. "" keeps the
+	// daemon's own (the user chose one).
+	PodCgroup string
 }
 
 // RunParent sets up (or finds) the namespaces, starts the daemon inside
@@ -76,6 +81,11 @@ func RunParent(opts ParentOptions) error {
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return fmt.Errorf("another peapod serve is running for %s", opts.StateDir)
 	}
+
+	// Into the leaf of a delegated cgroup v2 subtree before anything
+	// starts: the holder, the network helper and the daemon inherit it.
+	opts.DaemonArgs = append(opts.DaemonArgs[:len(opts.DaemonArgs):len(opts.DaemonArgs)],
+		podCgroupParent(delegatedCgroupV2(opts.Log), opts.PodCgroup)...)
 
 	rec, err := ensureHolder(opts, uids, gids)
 	if err != nil {

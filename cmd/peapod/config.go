@@ -166,7 +166,9 @@ func (c *config) instanceTag() string {
 // cgroupParent is the cgroup of pods that name none. As root: /peapod,
 // or /peapod-<tag> for an instance with a non-default root. Rootless, the
 // same names go under the subtree root delegated to the user,
-// /peapod-<user> (see `peapod check`).
+// /peapod-<user> (see `peapod check`); on cgroup v2 the rootless parent
+// passes <its delegated cgroup>/pods instead when it has one
+// (delegatedPodCgroup).
 func (c *config) cgroupParent() string {
 	if c.DefaultCgroupParent != "" {
 		return c.DefaultCgroupParent
@@ -179,6 +181,20 @@ func (c *config) cgroupParent() string {
 		return "/peapod-" + c.rootlessUser + "/" + name
 	}
 	return "/" + name
+}
+
+// delegatedPodCgroup names the pods' cgroup inside the delegated cgroup
+// v2 subtree a rootless parent finds (rootless.ParentOptions.PodCgroup):
+// pods, or pods-<tag> for a non-default root; "" when the user set the
+// cgroup parent. The daemon then gets <subtree>/<name> as its cgroupParent.
+func (c *config) delegatedPodCgroup() string {
+	if c.DefaultCgroupParent != "" {
+		return ""
+	}
+	if filepath.Clean(c.Root) != c.defaultRootDir {
+		return "pods-" + c.instanceTag()
+	}
+	return "pods"
 }
 
 func (c *config) validate() error {
