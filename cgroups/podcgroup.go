@@ -183,6 +183,9 @@ func (p PodCgroup) PauseCgroupFD() (int, error) {
 		return -1, err
 	}
 	dir := filepath.Join(unifiedMountpoint, p.PausePath)
+	if inUserNS() && !exists(dir) && delegated(unifiedMountpoint, p.PausePath) != nil {
+		return -1, nil // rootless, not delegated: no pause cgroup (AddPause skips it)
+	}
 	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, &os.PathError{Op: "open", Path: dir, Err: err}
