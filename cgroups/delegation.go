@@ -32,6 +32,11 @@ var inUserNS = userns.RunningInUserNS
 // cgPath by this process: nil when cgPath, or its nearest existing
 // ancestor, is writable (what creating, joining and removing cgroups
 // there needs).
+//
+// On a cgroup2 mount, moving a process (the pause, a container) also needs
+// write access to cgroup.procs of the common ancestor of the cgroup it
+// leaves and the one it joins: the daemon's own cgroup must lie in the
+// delegated subtree too (systemd's Delegate=yes, PrepareDelegatedV2).
 func delegated(root, cgPath string) error {
 	dir := filepath.Join(root, cgPath)
 	for dir != root && !exists(dir) {
@@ -40,7 +45,27 @@ func delegated(root, cgPath string) error {
 	if err := unix.Access(dir, unix.W_OK); err != nil {
 		return &os.PathError{Op: "write", Path: dir, Err: err}
 	}
+	var st unix.Statfs_t
+	if unix.Statfs(root, &st) != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return nil
+	}
+	own, err := ownCgroup(root)
+	if err != nil {
+		return nil // cannot tell: let the kernel decide
+	}
+	anc := filepath.Join(root, commonAncestor(own, cgPath), "cgroup.procs")
+	if err := unix.Access(anc, unix.W_OK); err != nil {
+		return &os.PathError{Op: "write", Path: anc, Err: err}
+	}
 	return nil
+}
+
+// commonAncestor of two clean absolute cgroup paths.
+func commonAncestor(a, b string) string {
+	for a != "/" && b != a && !strings.HasPrefix(b, a+"/") {
+		a = filepath.Dir(a)
+	}
+	return a
 }
 
 // usableRoots is roots without the hierarchies that are not delegated for

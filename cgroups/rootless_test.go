@@ -31,9 +31,10 @@ func TestRootlessPartialDelegation(t *testing.T) {
 	}
 	parent := "/peapod-cgtest-rl-" + randHex(4)
 	usernstest.Delegate(t, parent, notDelegatedHere...)
-	// The hybrid cgroup2 mount delegated too: cgroups are made there, but
-	// the pause cannot join (v2 wants the root writable to move a process
-	// from it); that must not fail the pod.
+	// The hybrid cgroup2 mount delegated too, but the child is not born
+	// in it: v2 wants the common ancestor (the root) writable to move a
+	// process in, so that hierarchy is not usable and must not fail the
+	// pod.
 	const hybrid = "/sys/fs/cgroup/unified"
 	var st unix.Statfs_t
 	if unix.Statfs(hybrid, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
@@ -76,7 +77,7 @@ func TestRootlessChildPodCgroupInDelegatedHierarchiesOnly(t *testing.T) {
 	}
 	for key, root := range roots {
 		dir := filepath.Join(root, p.PausePath)
-		want := !slices.Contains(notDelegatedHere, key)
+		want := key != "" && !slices.Contains(notDelegatedHere, key)
 		if got := exists(dir); got != want {
 			t.Errorf("%s exists=%v, want %v", dir, got, want)
 		}
@@ -237,6 +238,7 @@ func TestRootlessChildSweepOrphans(t *testing.T) {
 const (
 	rlV2MountEnv = "PEAPOD_CGTEST_V2_MOUNT"
 	rlV2SvcEnv   = "PEAPOD_CGTEST_V2_SERVICE"
+	rlV2OtherEnv = "PEAPOD_CGTEST_V2_OTHER"
 )
 
 // TestRootlessV2DelegatedSubtree runs the v2 path as root of a user
@@ -257,9 +259,13 @@ func TestRootlessV2DelegatedSubtree(t *testing.T) {
 	}
 	svc := "/peapod-cgtest-v2-" + randHex(4)
 	dir := usernstest.DelegateV2(t, mnt, svc)
+	// Writable, but the child is not in it: processes cannot be moved
+	// there (the common ancestor is the root).
+	other := svc + "-other"
+	usernstest.DelegateV2(t, mnt, other)
 	out := usernstest.Run(t, "^TestRootlessV2Child", usernstest.Options{
 		Cgroup2Dir: dir,
-		Env:        []string{rlV2MountEnv + "=" + mnt, rlV2SvcEnv + "=" + svc},
+		Env:        []string{rlV2MountEnv + "=" + mnt, rlV2SvcEnv + "=" + svc, rlV2OtherEnv + "=" + other},
 		Args:       []string{"-test.v"},
 	})
 	if !strings.Contains(out, "--- PASS: TestRootlessV2ChildPrepareCreateRemove ") {
@@ -333,6 +339,20 @@ func TestRootlessV2ChildPrepareCreateRemove(t *testing.T) {
 		t.Errorf("RemoveParentIfEmpty: %v", err)
 	}
 
+	// A writable subtree the daemon is not in cannot take its processes:
+	// not usable, and Unavailability says why.
+	other := os.Getenv(rlV2OtherEnv) + "/peapod"
+	o, err := CreatePodCgroup("", other, newSandboxID())
+	if err != nil || exists(filepath.Join(mnt, o.PodPath)) {
+		t.Errorf("CreatePodCgroup where processes cannot be moved: made=%v, %v", exists(filepath.Join(mnt, o.PodPath)), err)
+	}
+	if why := Unavailability(other)["cpu"]; DetectMode() == ModeV2 && !strings.Contains(why, "cgroup.procs") {
+		t.Errorf("Unavailability of a subtree the daemon is not in: %q", why)
+	}
+	if err := delegated(mnt, other); err == nil || !strings.Contains(err.Error(), "cgroup.procs") {
+		t.Errorf("delegated(%s) = %v, want the common ancestor's cgroup.procs not writable", other, err)
+	}
+
 	// Outside the delegated subtree nothing is writable: no cgroup, no
 	// error, nothing accounted, and Unavailability says why.
 	q, err := CreatePodCgroup("", "/peapod-cgtest-nowhere-"+randHex(4), newSandboxID())
@@ -344,5 +364,21 @@ func TestRootlessV2ChildPrepareCreateRemove(t *testing.T) {
 	}
 	if err := q.Remove(); err != nil {
 		t.Errorf("Remove outside the delegation: %v", err)
+	}
+}
+
+func TestCommonAncestor(t *testing.T) {
+	for _, c := range [][3]string{
+		{"/a/b/c", "/a/b/d", "/a/b"},
+		{"/a/b", "/a/b/c", "/a/b"},
+		{"/a/b/c", "/a/b", "/a/b"},
+		{"/a", "/b", "/"},
+		{"/", "/x", "/"},
+		{"/ab", "/a/b", "/"},
+		{"/a/b", "/a/b", "/a/b"},
+	} {
+		if got := commonAncestor(c[0], c[1]); got != c[2] {
+			t.Errorf("commonAncestor(%s, %s) = %s, want %s", c[0], c[1], got, c[2])
+		}
 	}
 }
