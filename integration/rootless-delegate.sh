@@ -14,8 +14,12 @@
 # cgroup v2: /sys/fs/cgroup/peapod-USER with the controllers enabled for it
 # and delegated the way the kernel documents it (the directory,
 # cgroup.procs, cgroup.threads and cgroup.subtree_control belong to USER;
-# the limits of the subtree root stay root's). On v2 with systemd, prefer
-# Delegate=yes in the user's systemd unit.
+# the limits of the subtree root stay root's). v2 moves a process only
+# where the common ancestor of its old and new cgroup is writable, so
+# peapod must itself run inside that subtree (root puts it there:
+# echo PID > /sys/fs/cgroup/peapod-USER/cgroup.procs; peapod then moves
+# into a leaf, see cgroups.PrepareDelegatedV2). With systemd, use
+# Delegate=yes in the user's unit instead of this script.
 #
 # Idempotent: run it again to repair ownership or after new hierarchies are
 # mounted. --remove removes the (empty) subtrees again.
