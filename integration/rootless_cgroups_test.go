@@ -125,3 +125,22 @@ func TestRootlessWithoutCgroupDelegation(t *testing.T) {
 	d.stopRemove(t, pod)
 	assertNoLeaks(t, before, d.snapshot(t))
 }
+
+// TestRootlessOOMKillIsReported: with the memory hierarchy delegated, a
+// rootless container's memory limit holds and its OOM kill is reported
+// as such.
+func TestRootlessOOMKillIsReported(t *testing.T) {
+	cgroupV1(t)
+	d, _ := rootlessContainerDaemon(t)
+	cfg := podConfig("rloom")
+	pod := d.runPod(t, cfg)
+	c := busyboxContainer("hog", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")
+	c.Linux.Resources = &runtime.LinuxContainerResources{MemoryLimitInBytes: 32 << 20}
+	id := d.createContainer(t, pod, cfg, c)
+	d.startContainer(t, id)
+	st := d.waitExited(t, id, 20*time.Second)
+	if st.ExitCode != 137 || st.Reason != "OOMKilled" {
+		t.Errorf("exit %d reason %q, want 137 OOMKilled", st.ExitCode, st.Reason)
+	}
+	d.stopRemove(t, pod)
+}
