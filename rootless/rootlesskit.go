@@ -385,15 +385,25 @@ func (p *RootlessKitPorts) specs(ip string, mappings []netns.PortMapping) ([]rkS
 		if (proto != "tcp" && proto != "udp") || !p.protos[proto] {
 			return nil, nil, fmt.Errorf("%s: RootlessKit's port driver does not publish %s ports", name, proto)
 		}
-		host := ""
+		host, listen := "", proto
 		if m.HostIP != "" {
 			hip := net.ParseIP(m.HostIP)
 			if hip == nil {
 				return nil, nil, fmt.Errorf("%s: host IP %q is not an IP address", name, m.HostIP)
 			}
 			host = hip.String()
+			// An IPv4 address (0.0.0.0 too) is IPv4 only: a plain "tcp"
+			// on 0.0.0.0 would listen on IPv6 as well (Go's rule, which
+			// RootlessKit follows).
+			family := "4"
+			if hip.To4() == nil {
+				family = "6"
+			}
+			if p.protos[proto+family] {
+				listen = proto + family
+			}
 		}
-		out = append(out, rkSpec{Proto: proto, ParentIP: host, ParentPort: int(m.HostPort), ChildIP: podIP.String(), ChildPort: int(m.ContainerPort)})
+		out = append(out, rkSpec{Proto: listen, ParentIP: host, ParentPort: int(m.HostPort), ChildIP: podIP.String(), ChildPort: int(m.ContainerPort)})
 		names = append(names, name)
 	}
 	return out, names, nil

@@ -252,6 +252,13 @@ func TestRootlessKitPortsPublish(t *testing.T) {
 	}
 	if ps := rk.ports(t); len(ps) != 2 {
 		t.Errorf("RootlessKit publishes %v, want the 2 ports of sb1", ps)
+	} else {
+		// An IPv4 host IP listens on IPv4 only; no host IP, on all.
+		for _, q := range ps {
+			if want := map[int]string{hp: "tcp", hu: "udp4"}[q.Spec.ParentPort]; q.Spec.Proto != want {
+				t.Errorf("RootlessKit port %v: proto %q, want %q", q.Spec, q.Spec.Proto, want)
+			}
+		}
 	}
 	if _, err := os.Stat(journal); err != nil {
 		t.Errorf("journal not written: %v", err)
