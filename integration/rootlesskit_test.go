@@ -266,6 +266,8 @@ func TestRootlessKitHostPorts(t *testing.T) {
 	if len(d.leftovers()) < 3 {
 		t.Fatalf("RootlessKit, its child and peapod not found running: %v", d.leftovers())
 	}
+	parent := d.cgroupParent(t)
+	t.Logf("default cgroup parent: %s", parent)
 	d.stop()
 	var left []string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -275,6 +277,9 @@ func TestRootlessKitHostPorts(t *testing.T) {
 	}
 	if len(left) > 0 {
 		t.Errorf("processes left after RootlessKit stopped: %v", left)
+	}
+	if left, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent)); len(left) > 0 {
+		t.Errorf("instance cgroup parent left after shutdown: %v", left)
 	}
 	if _, err := os.Stat(d.rootlessKitDir()); !os.IsNotExist(err) {
 		t.Errorf("RootlessKit's state dir left: %v", err)
