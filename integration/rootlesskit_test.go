@@ -32,7 +32,10 @@ import (
 // serve` and starts it again when it dies, as a supervisor inside
 // RootlessKit would; a SIGTERM to RootlessKit reaches it, and it stops the
 // daemon and exits, and RootlessKit with it.
-func withRootlessKit() daemonOpt {
+func withRootlessKit() daemonOpt { return withRootlessKitPortDriver("builtin") }
+
+// withRootlessKitPortDriver is withRootlessKit with another --port-driver.
+func withRootlessKitPortDriver(driver string) daemonOpt {
 	return func(d *daemon) {
 		withRootless()(d)
 		bin := filepath.Join(d.base, "bin")
@@ -47,8 +50,8 @@ while :; do
 	sleep 0.2
 done
 `
-		wrapper := fmt.Sprintf("#!/bin/sh\nexec rootlesskit --net=slirp4netns --port-driver=builtin --copy-up=/etc --copy-up=/run --state-dir %s %s \"$@\"\n",
-			d.rootlessKitDir(), child)
+		wrapper := fmt.Sprintf("#!/bin/sh\nexec rootlesskit --net=slirp4netns --port-driver=%s --copy-up=/etc --copy-up=/run --state-dir %s %s \"$@\"\n",
+			driver, d.rootlessKitDir(), child)
 		for path, text := range map[string]string{child: script, filepath.Join(bin, "peapod-rk"): wrapper} {
 			if err := os.WriteFile(path, []byte(text), 0o755); err != nil {
 				d.t.Fatal(err)
@@ -287,4 +290,30 @@ func TestRootlessKitHostPorts(t *testing.T) {
 	if b, _ := os.ReadFile(d.logPath); !strings.Contains(string(b), "shutting down") {
 		t.Errorf("the daemon was not stopped by the SIGTERM RootlessKit passes on:\n%s", tail(string(b), 20))
 	}
+}
+
+// TestRootlessKitWithoutPortDriver: under RootlessKit started without a
+// port driver (its default), a pod with hostPorts is refused with
+// FailedPrecondition naming --port-driver=builtin and leaves nothing; a
+// pod without hostPorts runs.
+func TestRootlessKitWithoutPortDriver(t *testing.T) {
+	d := startDaemon(t, withRootlessKitPortDriver("none"))
+	cfg := podConfig("rk-none-hp")
+	cfg.PortMappings = []*runtime.PortMapping{{Protocol: runtime.Protocol_TCP, ContainerPort: 80, HostPort: hostFreePort(t, "tcp")}}
+	_, err := d.RT.RunPodSandbox(ctxT(t), &runtime.RunPodSandboxRequest{Config: cfg})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--port-driver=builtin") {
+		t.Errorf("hostPort without a port driver: want FailedPrecondition naming --port-driver=builtin; got %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if pods, err := d.RT.ListPodSandbox(ctxT(t), &runtime.ListPodSandboxRequest{}); err != nil || len(pods.Items) != 0 {
+		t.Errorf("the refused pod left a record: %v, %v", pods, err)
+	}
+	if dirs := d.sandboxDirs(t); len(dirs) != 0 {
+		t.Errorf("the refused pod left dirs: %v", dirs)
+	}
+	id := d.runPod(t, podConfig("rk-none"))
+	if st, _ := d.status(t, id); st.State != runtime.PodSandboxState_SANDBOX_READY {
+		t.Errorf("pod without hostPorts: %v", st.State)
+	}
+	d.stopRemove(t, id)
 }
