@@ -114,7 +114,9 @@ func startRootlessKit(t *testing.T, portDriver string) *rkInstance {
 	return rk
 }
 
-func (rk *rkInstance) client() *rkClient { return newRKClient(filepath.Join(rk.dir, "api.sock"), 5*time.Second) }
+func (rk *rkInstance) client() *rkClient {
+	return newRKClient(filepath.Join(rk.dir, "api.sock"), 5*time.Second)
+}
 
 func (rk *rkInstance) ports(t *testing.T) []rkPort {
 	t.Helper()
