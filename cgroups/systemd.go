@@ -43,6 +43,10 @@ var sliceNameRE = regexp.MustCompile(`^[A-Za-z0-9:_.\\-]+\.slice$`)
 // is the init system and answers on the system D-Bus. The error says what
 // is missing and what to do.
 func SystemdAvailable() error {
+	if inUserNS() {
+		return errors.New("cgroup driver systemd: peapod runs in a user namespace (rootless), where the system's " +
+			"systemd cannot be asked for units: use --cgroup-driver cgroupfs (the delegated subtree is used then)")
+	}
 	if !systemd.IsRunningSystemd() {
 		return errors.New("cgroup driver systemd: systemd is not the init system of this host " +
 			"(/run/systemd/system is missing): use --cgroup-driver cgroupfs (and the kubelet's cgroupDriver: cgroupfs), " +
