@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -310,18 +311,19 @@ func TestRootlessChildPodLifecycle(t *testing.T) {
 	}
 }
 
-// TestRootlessChildBadSysctlLeavesNothing: a sysctl that only the host's
-// root may set (it is not namespaced) fails the pod clearly, and the
+// TestRootlessChildBadSysctlLeavesNothing: a namespaced sysctl that is
+// read-only to the pod's namespace (net.netfilter.nf_conntrack_max: the
+// host's to set) fails the pod as an invalid request naming it, and the
 // rollback leaves nothing.
 func TestRootlessChildBadSysctlLeavesNothing(t *testing.T) {
 	e := newRLEnv(t)
 	m := e.manager()
 	defer m.Close()
 	spec := rlSpec("bad")
-	spec.Sysctls = map[string]string{"kernel.sysrq": "1"}
+	spec.Sysctls = map[string]string{"net.netfilter.nf_conntrack_max": "1000"}
 	_, err := m.Run(context.Background(), spec)
-	if err == nil || !strings.Contains(err.Error(), "kernel.sysrq") {
-		t.Fatalf("RunPodSandbox with a host-wide sysctl: %v, want an error naming it", err)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "nf_conntrack_max") || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("RunPodSandbox with a read-only sysctl: %v, want ErrInvalid naming it", err)
 	}
 	if l := m.List(Filter{}); len(l) != 0 {
 		t.Errorf("sandboxes after a failed run: %+v", l)

@@ -1,11 +1,13 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/moby/sys/userns"
 	"golang.org/x/sys/unix"
 
 	"peapod/netns"
@@ -42,6 +44,17 @@ func configurePodNamespaces(pins netns.PinnedNamespaces, hostname string, sysctl
 		}
 		for name, value := range sysctls {
 			if err := os.WriteFile(sysctlPath(name), []byte(value), 0); err != nil {
+				if errors.Is(err, os.ErrPermission) {
+					// Some namespaced sysctls are read-only outside
+					// the host's namespaces (nf_conntrack_max), more
+					// of them to a rootless runtime: a request that
+					// cannot be satisfied, not a failure.
+					where := "in a pod's namespace"
+					if userns.RunningInUserNS() {
+						where = "by a rootless runtime (its user namespace is not the host's)"
+					}
+					return fmt.Errorf("%w: sysctl %s is read-only %s: %v", ErrInvalid, name, where, err)
+				}
 				return fmt.Errorf("set sysctl %s=%q in the pod: %w", name, value, err)
 			}
 		}
