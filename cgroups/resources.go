@@ -58,6 +58,9 @@ func (p PodCgroup) SetResources(r *specs.LinuxResources) error {
 	if err != nil {
 		return err
 	}
+	// Rootless: only the hierarchies delegated to the pod (the limits of
+	// the others' controllers are left out, as those controllers are).
+	roots = usableRoots(roots, p.PodPath)
 	res, err := p.resources(roots, r)
 	if err != nil {
 		return err
