@@ -68,7 +68,6 @@ func (p PodCgroup) SetResources(r *specs.LinuxResources) error {
 	// Rootless: only the delegated controllers can take limits (the
 	// containers' are dropped the same way, see Undelegated).
 	if p.Driver != DriverSystemd && inUserNS() {
-		roots = usableRoots(roots, p.PodPath)
 		DropLimits(res, Undelegated(p.PodPath))
 		if len(roots) == 0 {
 			return nil
