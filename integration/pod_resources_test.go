@@ -265,6 +265,43 @@ func TestUpdatePodSandboxResourcesStoppedPod(t *testing.T) {
 	d.stopRemove(t, id)
 }
 
+// Rootless (v1 here, a delegated subtree): the limits land in the
+// hierarchies delegated to the pod; a non-delegated controller's limit is
+// left out, as that controller is.
+func TestUpdatePodSandboxResourcesRootless(t *testing.T) {
+	if cgroupV2Host() {
+		t.Skip("the rootless delegated subtree of this test is a cgroup v1 one")
+	}
+	d := startDaemon(t, withRootless())
+	id := d.runPod(t, podConfig("podres-rl"))
+	info := podResources(t, d, id)
+	pod := info.Cgroup.PodPath
+	if _, err := d.RT.UpdatePodSandboxResources(ctxT(t), &runtime.UpdatePodSandboxResourcesRequest{PodSandboxId: id,
+		Resources: &runtime.LinuxContainerResources{CpuShares: 700, MemoryLimitInBytes: 200 << 20, Unified: map[string]string{"pids.max": "77"}}}); err != nil {
+		t.Fatalf("UpdatePodSandboxResources rootless: %v", err)
+	}
+	checked := 0
+	for _, c := range [][3]string{{"memory", "memory.limit_in_bytes", fmt.Sprint(200 << 20)}, {"cpu", "cpu.shares", "700"}, {"pids", "pids.max", "77"}} {
+		b, err := os.ReadFile(cgroupFile(c[0], pod, c[1]))
+		if os.IsNotExist(err) {
+			t.Logf("%s: not delegated to the pod, left out", c[0])
+			continue
+		}
+		checked++
+		if got := strings.TrimSpace(string(b)); err != nil || got != c[2] {
+			t.Errorf("rootless pod %s = %q (%v), want %s", c[1], got, err, c[2])
+		}
+	}
+	if checked == 0 {
+		t.Errorf("no delegated hierarchy holds the pod cgroup %s", pod)
+	}
+	if _, err := d.RT.UpdatePodSandboxResources(ctxT(t), &runtime.UpdatePodSandboxResourcesRequest{PodSandboxId: id,
+		Resources: &runtime.LinuxContainerResources{CpuShares: 1}}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("rootless, cpu shares 1: %v, want InvalidArgument", err)
+	}
+	d.stopRemove(t, id)
+}
+
 func onlineCPUs(t *testing.T) string {
 	t.Helper()
 	b, err := os.ReadFile("/sys/devices/system/cpu/online")
