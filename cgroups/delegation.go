@@ -24,8 +24,9 @@ import (
 // As real root every hierarchy is usable and nothing here changes
 // behaviour.
 
-// inUserNS reports whether peapod runs in a user namespace; tests override
-// it to run the rootless logic against hierarchies they set up.
+// inUserNS reports whether peapod runs in a user namespace (rootless:
+// under peapod's own bootstrap, RootlessKit or unshare alike). The tests
+// run the rootless logic in real user namespaces (rootless_test.go).
 var inUserNS = userns.RunningInUserNS
 
 // delegated reports why the hierarchy mounted at root is not usable for
