@@ -81,9 +81,17 @@ func (d *daemon) rkPorts(t *testing.T) []rkPort {
 		t.Fatalf("RootlessKit API: %v", err)
 	}
 	defer resp.Body.Close()
-	var ps []rkPort
-	if err := json.NewDecoder(resp.Body).Decode(&ps); err != nil {
+	var all []rkPort
+	if err := json.NewDecoder(resp.Body).Decode(&all); err != nil {
 		t.Fatalf("RootlessKit API: GET /v1/ports: %v", err)
+	}
+	// The pods' ports; the daemon's streaming server has one more, to
+	// its own loopback.
+	var ps []rkPort
+	for _, p := range all {
+		if p.Spec.ChildIP != "127.0.0.1" {
+			ps = append(ps, p)
+		}
 	}
 	return ps
 }
@@ -193,6 +201,23 @@ func TestRootlessKitHostPorts(t *testing.T) {
 	if len(ps) != 2 {
 		t.Fatalf("RootlessKit publishes %+v, want the pod's 2 ports", ps)
 	}
+	// The streaming server (exec, attach, port-forward) answers on the
+	// host's loopback at the URL it hands out, through RootlessKit: a
+	// plain GET, without the upgrade a client would ask for, gets an HTTP
+	// refusal from it rather than a refused connection.
+	pf, err := d.RT.PortForward(ctxT(t), &runtime.PortForwardRequest{PodSandboxId: id, Port: []int32{8080}})
+	if err != nil {
+		t.Fatalf("PortForward: %v", err)
+	}
+	if !strings.HasPrefix(pf.Url, "http://127.0.0.1:") {
+		t.Errorf("streaming URL %q is not on the loopback", pf.Url)
+	}
+	if resp, err := http.Get(pf.Url); err != nil {
+		t.Errorf("streaming server at %s from the host: %v", pf.Url, err)
+	} else {
+		resp.Body.Close()
+		t.Logf("streaming server at %s: %s without an upgrade", pf.Url, resp.Status)
+	}
 	for _, p := range ps {
 		if p.Spec.ChildIP != podIP {
 			t.Errorf("RootlessKit port %+v does not go to the pod IP %s", p, podIP)
@@ -261,10 +286,6 @@ func TestRootlessKitHostPorts(t *testing.T) {
 	} else {
 		l.Close()
 	}
-	if _, err := os.Stat(filepath.Join(d.State, "rootlesskit-ports.json")); !os.IsNotExist(err) {
-		t.Errorf("port journal left with no pod: %v", err)
-	}
-
 	// SIGTERM to RootlessKit stops the daemon; RootlessKit exits with it.
 	if len(d.leftovers()) < 3 {
 		t.Fatalf("RootlessKit, its child and peapod not found running: %v", d.leftovers())
@@ -272,6 +293,11 @@ func TestRootlessKitHostPorts(t *testing.T) {
 	parent := d.cgroupParent(t)
 	t.Logf("default cgroup parent: %s", parent)
 	d.stop()
+	// The journal held the streaming server's port until the daemon
+	// stopped; with no pod it goes.
+	if _, err := os.Stat(filepath.Join(d.State, "rootlesskit-ports.json")); !os.IsNotExist(err) {
+		t.Errorf("port journal left with no pod after the daemon stopped: %v", err)
+	}
 	var left []string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if left = d.leftovers(); len(left) == 0 {

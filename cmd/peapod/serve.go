@@ -192,6 +192,7 @@ func serveRootlessParent(cfg *config, args []string, log *slog.Logger) error {
 		Net:         rootless.NetOptions{Kind: cfg.Rootless.Net, HostLoopback: cfg.Rootless.HostLoopback},
 		Log:         log,
 		HasPods:     func() bool { return hasPods(cfg.Root) },
+		PodCgroup:   cfg.delegatedPodCgroup(),
 	})
 }
 
@@ -217,6 +218,10 @@ func hostPorts(cfg *config, hostSockets *binder.Client, log *slog.Logger) sandbo
 	}
 	return portfwd.NewPublisher(b, portfwd.Options{Log: log})
 }
+
+// streamingPortsID names the streaming server's port among the ports a
+// rootless daemon publishes through RootlessKit (the others are pods').
+const streamingPortsID = "peapod-streaming-server"
 
 // hasPods tells whether the instance at root has any pod record.
 func hasPods(root string) bool {
@@ -273,6 +278,7 @@ func serve(args []string) error {
 		return err
 	}
 	ctx := context.Background()
+	ports := hostPorts(cfg, hostSockets, log)
 	mgr, err := sandbox.New(ctx, sandbox.Config{
 		Images:              images,
 		ShimBinary:          exe,
@@ -286,7 +292,7 @@ func serve(args []string) error {
 		NetworkTimeout:      cfg.CNI.Timeout.Duration,
 		RetryInterval:       cfg.CNI.DelRetryInterval.Duration,
 		Log:                 log,
-		Ports:               hostPorts(cfg, hostSockets, log),
+		Ports:               ports,
 	})
 	if err != nil {
 		return err
@@ -320,6 +326,16 @@ func serve(args []string) error {
 	if err := srv.StartStreaming(streamListener); err != nil {
 		streamListener.Close()
 		return err
+	}
+	// Under RootlessKit, its port driver brings the streaming port to the
+	// host's loopback.
+	if rk, ok := ports.(*rootless.RootlessKitPorts); ok && rk.Err() == nil {
+		port := int32(streamListener.Addr().(*net.TCPAddr).Port)
+		if err := rk.Publish(streamingPortsID, "127.0.0.1", []netns.PortMapping{{HostPort: port, ContainerPort: port, Protocol: "tcp", HostIP: "127.0.0.1"}}); err != nil {
+			log.Warn("exec, attach and port-forward are reachable inside RootlessKit's namespaces only", "err", err)
+		} else {
+			defer rk.Unpublish(streamingPortsID)
+		}
 	}
 
 	sigs := make(chan os.Signal, 1)
