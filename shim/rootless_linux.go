@@ -18,7 +18,8 @@ import (
 // does for rootless containers. Devices are bind-mounted instead of
 // created, which libcontainer decides by itself in a user namespace.
 
-// inUserNS is userns.RunningInUserNS; a var for tests.
+// inUserNS is userns.RunningInUserNS (the tests run in real user
+// namespaces: rootless_test.go).
 var inUserNS = userns.RunningInUserNS
 
 // rootlessCgroups adapts a container's cgroupfs config in a user
@@ -55,17 +56,21 @@ func cgroupsPath(cg *cgroups.Cgroup) string {
 // anyCgroupDir returns a directory of paths (a container's cgroup in each
 // hierarchy, as libcontainer's state lists it) that exists: where to list
 // the container's processes when the preferred hierarchy was not
-// delegated.
+// delegated. Controller hierarchies come first: libcontainer joins named
+// and hybrid ones on a best-effort basis, so their directory may exist
+// without the container's processes in it.
 func anyCgroupDir(paths map[string]string) string {
-	for _, k := range []string{"", "pids", "devices", "freezer", "cpuacct", "cpu", "memory"} {
-		if p, ok := paths[k]; ok && p != "" {
-			if _, err := os.Stat(p); err == nil {
-				return p
-			}
+	ok := func(p string) bool {
+		_, err := os.Stat(p)
+		return p != "" && err == nil
+	}
+	for _, k := range []string{"pids", "devices", "freezer", "cpuacct", "cpu", "memory", "cpuset", "blkio"} {
+		if p := paths[k]; ok(p) {
+			return p
 		}
 	}
-	for _, p := range paths {
-		if _, err := os.Stat(p); err == nil {
+	for _, k := range []string{"name=systemd", ""} {
+		if p := paths[k]; ok(p) {
 			return p
 		}
 	}
