@@ -1,17 +1,16 @@
 package sandbox
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/procfs"
 )
 
 // startPauseCmd starts the pause process in new namespaces of the given kinds
@@ -32,30 +31,13 @@ func startPauseCmd(binary string, cloneFlags uintptr, cgroupFD int, release *os.
 	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("start pause %s: %w", binary, err)
 	}
-	st, err := processStartTime(cmd.Process.Pid)
+	st, err := procfs.StartTime(cmd.Process.Pid)
 	if err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		return nil, nil, fmt.Errorf("start pause: %w", err)
 	}
 	return cmd, &PauseProcess{PID: cmd.Process.Pid, StartTime: st}, nil
-}
-
-// processStartTime reads field 22 of /proc/<pid>/stat.
-func processStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	fields := strings.Fields(string(b[i+1:]))
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fields))
-	}
-	return strconv.ParseUint(fields[19], 10, 64)
 }
 
 // openPause returns a pidfd for the recorded pause process, or -1 when that
@@ -73,21 +55,11 @@ func openPause(p *PauseProcess) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("pidfd_open %d: %w", p.PID, err)
 	}
-	st, err := processStartTime(p.PID)
-	if err != nil || st != p.StartTime || isZombie(p.PID) {
+	if !procfs.Alive(p.PID, p.StartTime) {
 		unix.Close(fd)
 		return -1, nil
 	}
 	return fd, nil
-}
-
-func isZombie(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || len(b) < i+3 || b[i+2] == 'Z' || b[i+2] == 'X'
 }
 
 // pauseAlive reports whether the recorded pause process still runs.
