@@ -22,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/moby/sys/userns"
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/mountinfo"
 )
 
 // The user namespace of these tests maps its uid/gid 0..65535 to the host's
@@ -523,7 +525,7 @@ func mountsUnder(t *testing.T, dir string) []string {
 	}
 	var out []string
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(unescapeMountinfo(f[4]), dir) {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(mountinfo.Unescape(f[4]), dir) {
 			out = append(out, f[4])
 		}
 	}
@@ -539,7 +541,7 @@ func mountOptions(t *testing.T, p string) []string {
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && unescapeMountinfo(f[4]) == p {
+		if len(f) > 4 && mountinfo.Unescape(f[4]) == p {
 			if i := slices.Index(f, "-"); i > 0 && i+3 < len(f) {
 				return strings.Split(f[i+3], ",")
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"peapod/internal/mountinfo"
 	"peapod/netns"
 	"peapod/rootless"
 )
@@ -408,7 +409,7 @@ func (h *hostView) cgroupMounts() ([]cgroupMount, error) {
 		}
 		switch g[0] {
 		case "cgroup2":
-			out = append(out, cgroupMount{dir: unescapeMount(f[4]), v2: true})
+			out = append(out, cgroupMount{dir: mountinfo.Unescape(f[4]), v2: true})
 		case "cgroup":
 			var names []string
 			for o := range strings.SplitSeq(g[2], ",") {
@@ -416,7 +417,7 @@ func (h *hostView) cgroupMounts() ([]cgroupMount, error) {
 					names = append(names, o)
 				}
 			}
-			out = append(out, cgroupMount{dir: unescapeMount(f[4]), names: names})
+			out = append(out, cgroupMount{dir: mountinfo.Unescape(f[4]), names: names})
 		}
 	}
 	return out, nil
@@ -426,25 +427,6 @@ func (h *hostView) cgroupMounts() ([]cgroupMount, error) {
 var cgroupMountOptions = map[string]bool{
 	"rw": true, "ro": true, "xattr": true, "clone_children": true, "noprefix": true,
 	"cpuset_v2_mode": true, "favordynmods": true, "nofavordynmods": true,
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // delegatedName is the v1 subtree root delegates to the user in every

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/mountinfo"
 )
 
 // cleanups is a stack of undo steps. Everything the bench creates on the host
@@ -199,31 +201,12 @@ func mountPointsUnder(dir string) ([]string, error) {
 		if len(fields) < 5 {
 			continue
 		}
-		mp := unescapeMountPath(fields[4])
+		mp := mountinfo.Unescape(fields[4])
 		if mp == dir || strings.HasPrefix(mp, dir+"/") {
 			points = append(points, mp)
 		}
 	}
 	return points, sc.Err()
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // removeCgroupTree removes the cgroup at path (relative to each hierarchy's
@@ -282,7 +265,7 @@ func cgroupMounts() []string {
 		fs := strings.Fields(post)
 		f := strings.Fields(pre)
 		if len(fs) > 0 && len(f) >= 5 && (fs[0] == "cgroup" || fs[0] == "cgroup2") {
-			out = append(out, unescapeMountPath(f[4]))
+			out = append(out, mountinfo.Unescape(f[4]))
 		}
 	}
 	return out

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"peapod/internal/mountinfo"
 )
 
 // daemon is the private peapod instance critest runs against.
@@ -184,7 +186,7 @@ func unmountUnder(dir string) []string {
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		if len(fields) > 4 {
-			p := unescapeMount(fields[4])
+			p := mountinfo.Unescape(fields[4])
 			if p == dir || strings.HasPrefix(p, dir+"/") {
 				points = append(points, p)
 			}
@@ -198,24 +200,6 @@ func unmountUnder(dir string) []string {
 		}
 	}
 	return out
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // cleanIptables deletes the iptables rules CNI made for the network name
