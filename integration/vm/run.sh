@@ -35,7 +35,7 @@ INTEGRATION=0
 # What the VM is for beyond the unit tests: the systemd cgroup driver with
 # the real daemon (pods, containers in scopes, limits as unit properties),
 # UpdatePodSandboxResources, and CPU / memory stats read from cgroup v2.
-INTEGRATION_SUBSET='^(TestSystemd|TestUpdatePodSandboxResources|TestStatsCPUBurnFollowsTheWallClock$|TestStatsMemoryWorkingSetGrowsBy64MiB$)'
+INTEGRATION_SUBSET='^(TestSystemd|TestUpdatePodSandboxResources($|StoppedPod$)|TestStatsCPUBurnFollowsTheWallClock$|TestStatsMemoryWorkingSetGrowsBy64MiB$)'
 if [ "$INTEGRATION" = 1 ]; then TIMEOUT=${VM_TIMEOUT:-3600}; else TIMEOUT=${VM_TIMEOUT:-1200}; fi
 MEM=${VM_MEM:-2048}
 GOCACHE_DIR=$CACHE/gocache
