@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"peapod/internal/nettest"
 )
 
 // podEcho serves TCP on :8080 and UDP on :8081 inside the pod's network
@@ -59,55 +61,6 @@ func podEcho(t *testing.T, pausePID int) {
 	}()
 }
 
-func hostFreePort(t *testing.T, network string) int32 {
-	t.Helper()
-	if network == "udp" {
-		pc, err := net.ListenPacket("udp", ":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pc.Close()
-		return int32(pc.LocalAddr().(*net.UDPAddr).Port)
-	}
-	l, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return int32(l.Addr().(*net.TCPAddr).Port)
-}
-
-func tcpAsk(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte("hi"))
-	c.(*net.TCPConn).CloseWrite()
-	b, err := io.ReadAll(c)
-	return string(b), err
-}
-
-func udpAsk(addr string) (string, error) {
-	c, err := net.Dial("udp", addr)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	buf := make([]byte, 64)
-	for range 5 {
-		c.Write([]byte("u?"))
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		n, err := c.Read(buf)
-		if err == nil {
-			return string(buf[:n]), nil
-		}
-	}
-	return "", fmt.Errorf("no UDP reply from %s", addr)
-}
-
 // TestRootlessHostPorts: a rootless pod's TCP and UDP hostPorts answer on
 // the host's 127.0.0.1 (the parent binds them, the daemon forwards); a
 // second pod on a taken port and a privileged port fail with
@@ -115,7 +68,7 @@ func udpAsk(addr string) (string, error) {
 // back with its restart, and are freed with the pod.
 func TestRootlessHostPorts(t *testing.T) {
 	d := startDaemon(t, withRootless())
-	tcpPort, udpPort := hostFreePort(t, "tcp"), hostFreePort(t, "udp")
+	tcpPort, udpPort := nettest.FreePort(t, "tcp"), nettest.FreePort(t, "udp")
 	cfg := podConfig("hp")
 	cfg.PortMappings = []*runtime.PortMapping{
 		{Protocol: runtime.Protocol_TCP, ContainerPort: 8080, HostPort: tcpPort},
@@ -129,14 +82,14 @@ func TestRootlessHostPorts(t *testing.T) {
 	var got string
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if got, err = tcpAsk(tcpAddr); err == nil && got == "pod:hi" {
+		if got, err = nettest.AskTCP(tcpAddr); err == nil && got == "pod:hi" {
 			break
 		}
 	}
 	if got != "pod:hi" {
 		t.Fatalf("hostPort %d/tcp from the host's 127.0.0.1: %q, %v", tcpPort, got, err)
 	}
-	if got, err := udpAsk(fmt.Sprintf("127.0.0.1:%d", udpPort)); err != nil || got != "pod:u?" {
+	if got, err := nettest.AskUDP(fmt.Sprintf("127.0.0.1:%d", udpPort)); err != nil || got != "pod:u?" {
 		t.Errorf("hostPort %d/udp: %q, %v", udpPort, got, err)
 	}
 
@@ -156,11 +109,11 @@ func TestRootlessHostPorts(t *testing.T) {
 	t.Logf("low: %v", err)
 
 	d.kill9()
-	if _, err := tcpAsk(tcpAddr); err == nil {
+	if _, err := nettest.AskTCP(tcpAddr); err == nil {
 		t.Errorf("hostPort still answers with the daemon killed")
 	}
 	d.start()
-	if got, err := tcpAsk(tcpAddr); err != nil || got != "pod:hi" {
+	if got, err := nettest.AskTCP(tcpAddr); err != nil || got != "pod:hi" {
 		t.Errorf("hostPort after kill -9 and restart: %q, %v", got, err)
 	}
 

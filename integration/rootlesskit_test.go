@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"peapod/internal/nettest"
 )
 
 // withRootlessKit runs the instance as the rootless test user under
@@ -179,7 +181,7 @@ func TestRootlessKitHostPorts(t *testing.T) {
 	if b, _ := os.ReadFile(d.logPath); !strings.Contains(string(b), "hostPorts are published through RootlessKit") {
 		t.Fatalf("the daemon under RootlessKit does not use its port API:\n%s", tail(string(b), 40))
 	}
-	tcpPort, udpPort := hostFreePort(t, "tcp"), hostFreePort(t, "udp")
+	tcpPort, udpPort := nettest.FreePort(t, "tcp"), nettest.FreePort(t, "udp")
 	cfg := podConfig("rk-hp")
 	cfg.PortMappings = []*runtime.PortMapping{
 		{Protocol: runtime.Protocol_TCP, ContainerPort: 8080, HostPort: tcpPort},
@@ -191,10 +193,10 @@ func TestRootlessKitHostPorts(t *testing.T) {
 	podIP := st.GetNetwork().GetIp()
 
 	tcpAddr := fmt.Sprintf("127.0.0.1:%d", tcpPort)
-	if got, err := tcpAsk(tcpAddr); err != nil || got != "pod:hi" {
+	if got, err := nettest.AskTCP(tcpAddr); err != nil || got != "pod:hi" {
 		t.Fatalf("hostPort %d/tcp from the host's 127.0.0.1: %q, %v", tcpPort, got, err)
 	}
-	if got, err := udpAsk(fmt.Sprintf("127.0.0.1:%d", udpPort)); err != nil || got != "pod:u?" {
+	if got, err := nettest.AskUDP(fmt.Sprintf("127.0.0.1:%d", udpPort)); err != nil || got != "pod:u?" {
 		t.Errorf("hostPort %d/udp: %q, %v", udpPort, got, err)
 	}
 	ps := d.rkPorts(t)
@@ -264,7 +266,7 @@ func TestRootlessKitHostPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.reconnect(t, old)
-	if got, err := tcpAsk(tcpAddr); err != nil || got != "pod:hi" {
+	if got, err := nettest.AskTCP(tcpAddr); err != nil || got != "pod:hi" {
 		t.Errorf("hostPort after the daemon was killed and started again: %q, %v", got, err)
 	}
 	ps = d.rkPorts(t)
@@ -325,7 +327,7 @@ func TestRootlessKitHostPorts(t *testing.T) {
 func TestRootlessKitWithoutPortDriver(t *testing.T) {
 	d := startDaemon(t, withRootlessKitPortDriver("none"))
 	cfg := podConfig("rk-none-hp")
-	cfg.PortMappings = []*runtime.PortMapping{{Protocol: runtime.Protocol_TCP, ContainerPort: 80, HostPort: hostFreePort(t, "tcp")}}
+	cfg.PortMappings = []*runtime.PortMapping{{Protocol: runtime.Protocol_TCP, ContainerPort: 80, HostPort: nettest.FreePort(t, "tcp")}}
 	_, err := d.RT.RunPodSandbox(ctxT(t), &runtime.RunPodSandboxRequest{Config: cfg})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--port-driver=builtin") {
 		t.Errorf("hostPort without a port driver: want FailedPrecondition naming --port-driver=builtin; got %v", err)

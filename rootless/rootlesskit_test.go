@@ -18,6 +18,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"peapod/internal/nettest"
 	"peapod/netns"
 )
 
@@ -171,46 +172,6 @@ func (rk *rkInstance) echo(t *testing.T) (tcpPort, udpPort int) {
 	return l.Addr().(*net.TCPAddr).Port, pc.LocalAddr().(*net.UDPAddr).Port
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func askTCP(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte("hi"))
-	c.(*net.TCPConn).CloseWrite()
-	b, err := io.ReadAll(c)
-	return string(b), err
-}
-
-func askUDP(addr string) (string, error) {
-	c, err := net.Dial("udp", addr)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	buf := make([]byte, 64)
-	for range 5 {
-		c.Write([]byte("u?"))
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		if n, err := c.Read(buf); err == nil {
-			return string(buf[:n]), nil
-		}
-	}
-	return "", fmt.Errorf("no UDP reply from %s", addr)
-}
-
 func tcpMap(host, child int) netns.PortMapping {
 	return netns.PortMapping{Protocol: "tcp", HostPort: int32(host), ContainerPort: int32(child)}
 }
@@ -238,7 +199,7 @@ func TestRootlessKitPortsPublish(t *testing.T) {
 		t.Fatalf("builtin port driver refused: %v", err)
 	}
 
-	hp, hu := freePort(t), freePort(t)
+	hp, hu := int(nettest.FreePort(t, "tcp")), int(nettest.FreePort(t, "tcp"))
 	err := p.Publish("sb1", "127.0.0.1", []netns.PortMapping{
 		tcpMap(hp, tcpPort),
 		{Protocol: "udp", HostPort: int32(hu), ContainerPort: int32(udpPort), HostIP: "127.0.0.1"},
@@ -246,10 +207,10 @@ func TestRootlessKitPortsPublish(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
-	if got, err := askTCP(fmt.Sprintf("127.0.0.1:%d", hp)); err != nil || got != "child:hi" {
+	if got, err := nettest.AskTCP(fmt.Sprintf("127.0.0.1:%d", hp)); err != nil || got != "child:hi" {
 		t.Errorf("tcp host port %d: %q, %v", hp, got, err)
 	}
-	if got, err := askUDP(fmt.Sprintf("127.0.0.1:%d", hu)); err != nil || got != "child:u?" {
+	if got, err := nettest.AskUDP(fmt.Sprintf("127.0.0.1:%d", hu)); err != nil || got != "child:u?" {
 		t.Errorf("udp host port %d: %q, %v", hu, got, err)
 	}
 	if ps := rk.ports(t); len(ps) != 2 {
@@ -279,7 +240,7 @@ func TestRootlessKitPortsPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	free := freePort(t)
+	free := int(nettest.FreePort(t, "tcp"))
 	err = p.Publish("sb3", "127.0.0.1", []netns.PortMapping{tcpMap(free, tcpPort), tcpMap(busy.Addr().(*net.TCPAddr).Port, tcpPort)})
 	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), "already in use") {
 		t.Errorf("host port busy on the host: want EADDRINUSE, got %v", err)
@@ -343,7 +304,7 @@ func TestRootlessKitPortsPublish(t *testing.T) {
 	if ps := rk.ports(t); len(ps) != 0 {
 		t.Errorf("ports left after Unpublish: %v", ps)
 	}
-	if _, err := askTCP(fmt.Sprintf("127.0.0.1:%d", hp)); err == nil {
+	if _, err := nettest.AskTCP(fmt.Sprintf("127.0.0.1:%d", hp)); err == nil {
 		t.Errorf("host port %d answers after Unpublish", hp)
 	}
 	if _, err := os.Stat(journal); !errors.Is(err, os.ErrNotExist) {
@@ -360,7 +321,7 @@ func TestRootlessKitPortsRestartedDaemon(t *testing.T) {
 	tcpPort, _ := rk.echo(t)
 	journal := filepath.Join(t.TempDir(), "ports.json")
 	first := NewRootlessKitPorts(RootlessKitOptions{StateDir: rk.dir, Journal: journal})
-	hpA, hpB := freePort(t), freePort(t)
+	hpA, hpB := int(nettest.FreePort(t, "tcp")), int(nettest.FreePort(t, "tcp"))
 	if err := first.Publish("a", "127.0.0.1", []netns.PortMapping{tcpMap(hpA, tcpPort)}); err != nil {
 		t.Fatal(err)
 	}
@@ -379,12 +340,12 @@ func TestRootlessKitPortsRestartedDaemon(t *testing.T) {
 	if err := second.Publish("b", "127.0.0.1", []netns.PortMapping{tcpMap(hpB, tcpPort)}); err != nil {
 		t.Fatalf("republish b: %v", err)
 	}
-	if got, err := askTCP(fmt.Sprintf("127.0.0.1:%d", hpB)); err != nil || got != "child:hi" {
+	if got, err := nettest.AskTCP(fmt.Sprintf("127.0.0.1:%d", hpB)); err != nil || got != "child:hi" {
 		t.Errorf("republished host port: %q, %v", got, err)
 	}
 
 	// A port the journal does not know, with the spec pod c is given.
-	hpC := freePort(t)
+	hpC := int(nettest.FreePort(t, "tcp"))
 	spec := rkSpec{Proto: "tcp", ParentPort: hpC, ChildIP: "127.0.0.1", ChildPort: tcpPort}
 	stale, err := rk.client().add(spec)
 	if err != nil {
@@ -440,7 +401,7 @@ func TestRootlessKitPortsRefused(t *testing.T) {
 	if err := p.Err(); err == nil || !strings.Contains(err.Error(), "--port-driver=builtin") {
 		t.Errorf("port driver none: want a refusal naming --port-driver=builtin, got %v", err)
 	}
-	if err := p.Publish("a", "127.0.0.1", []netns.PortMapping{tcpMap(freePort(t), 80)}); err == nil || !strings.Contains(err.Error(), "--port-driver=builtin") {
+	if err := p.Publish("a", "127.0.0.1", []netns.PortMapping{tcpMap(int(nettest.FreePort(t, "tcp")), 80)}); err == nil || !strings.Contains(err.Error(), "--port-driver=builtin") {
 		t.Errorf("Publish with port driver none: %v", err)
 	}
 	if err := p.Publish("b", "127.0.0.1", nil); err != nil {
@@ -454,7 +415,7 @@ func TestRootlessKitPortsRefused(t *testing.T) {
 	if err := gone.Err(); err == nil || !strings.Contains(err.Error(), "API does not answer") {
 		t.Errorf("no API socket: want a refusal, got %v", err)
 	}
-	if err := gone.Publish("a", "127.0.0.1", []netns.PortMapping{tcpMap(freePort(t), 80)}); err == nil {
+	if err := gone.Publish("a", "127.0.0.1", []netns.PortMapping{tcpMap(int(nettest.FreePort(t, "tcp")), 80)}); err == nil {
 		t.Errorf("Publish without RootlessKit: no error")
 	}
 }

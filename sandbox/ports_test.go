@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"peapod/cgroups"
+	"peapod/internal/nettest"
 	"peapod/netns"
 	"peapod/rootless/portfwd"
 )
@@ -125,36 +126,12 @@ func (env *portsEnv) manager(t *testing.T, pub PortPublisher) *Manager {
 	return m
 }
 
-func freeTCPPort(t *testing.T) int32 {
-	t.Helper()
-	l, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return int32(l.Addr().(*net.TCPAddr).Port)
-}
-
 func podSpec(name string, mappings ...netns.PortMapping) Spec {
 	return Spec{
 		Name: name, Namespace: "ports-test", UID: "uid-" + name,
 		NetworkMode: ModePod, PIDMode: ModePod, IPCMode: ModePod,
 		PortMappings: mappings,
 	}
-}
-
-// hello connects to addr, sends "hi", half-closes and returns the answer.
-func hello(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte("hi"))
-	c.(*net.TCPConn).CloseWrite()
-	b, err := io.ReadAll(c)
-	return string(b), err
 }
 
 // TestHostPortsInUserSpace runs pods with hostPorts through a manager
@@ -167,7 +144,7 @@ func TestHostPortsInUserSpace(t *testing.T) {
 	pub := portfwd.NewPublisher(portfwd.Local{}, portfwd.Options{})
 	m := env.manager(t, pub)
 
-	hostPort := freeTCPPort(t)
+	hostPort := nettest.FreePort(t, "tcp")
 	id, err := m.Run(ctx, podSpec("web", netns.PortMapping{HostPort: hostPort, ContainerPort: 8080, Protocol: "tcp"}))
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +181,7 @@ func TestHostPortsInUserSpace(t *testing.T) {
 	}()
 	hostAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(hostPort)))
 	want := "pod " + rec.IP() + " got hi"
-	if got, err := hello(hostAddr); err != nil || got != want {
+	if got, err := nettest.AskTCP(hostAddr); err != nil || got != want {
 		t.Fatalf("hostPort %d from the host: %q, %v; want %q", hostPort, got, err, want)
 	}
 	if att := rec.Network; att == nil || len(att.CapArgs) != 0 && att.CapArgs["portMappings"] != nil {
@@ -240,14 +217,14 @@ func TestHostPortsInUserSpace(t *testing.T) {
 	// is closed), the new one publishes the ready pod's ports again.
 	m.Close()
 	pub.Close()
-	if _, err := hello(hostAddr); !errors.Is(err, syscall.ECONNREFUSED) {
+	if _, err := nettest.AskTCP(hostAddr); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("with the publisher gone: want connection refused, got %v", err)
 	}
 	pub2 := portfwd.NewPublisher(portfwd.Local{}, portfwd.Options{})
 	defer pub2.Close()
 	m2 := env.manager(t, pub2)
 	defer m2.Close()
-	if got, err := hello(hostAddr); err != nil || got != want {
+	if got, err := nettest.AskTCP(hostAddr); err != nil || got != want {
 		t.Fatalf("hostPort after a restart: %q, %v", got, err)
 	}
 
@@ -255,7 +232,7 @@ func TestHostPortsInUserSpace(t *testing.T) {
 	if err := m2.Stop(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hello(hostAddr); !errors.Is(err, syscall.ECONNREFUSED) {
+	if _, err := nettest.AskTCP(hostAddr); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("after StopPodSandbox: want connection refused, got %v", err)
 	}
 	if l, err := net.Listen("tcp", hostAddr); err != nil {

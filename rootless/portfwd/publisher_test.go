@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"peapod/internal/nettest"
 	"peapod/netns"
 	"peapod/rootless/binder"
 )
@@ -153,37 +154,6 @@ func newPod(t *testing.T) *pod {
 	return p
 }
 
-func freePort(t *testing.T, network string) int32 {
-	t.Helper()
-	if network == "udp" {
-		pc, err := net.ListenPacket("udp", ":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pc.Close()
-		return int32(pc.LocalAddr().(*net.UDPAddr).Port)
-	}
-	l, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return int32(l.Addr().(*net.TCPAddr).Port)
-}
-
-func tcpHello(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte("hi"))
-	c.(*net.TCPConn).CloseWrite()
-	b, err := io.ReadAll(c)
-	return string(b), err
-}
-
 // TestPublisherRealPod publishes hostPorts of a pod in its own network
 // namespace through a real binder, and reaches it from the host's
 // 127.0.0.1 as a user of a rootless instance would.
@@ -211,7 +181,7 @@ func TestPublisherRealPod(t *testing.T) {
 	defer pub.Close()
 
 	base := runtime.NumGoroutine()
-	tcpHost, udpHost := freePort(t, "tcp"), freePort(t, "udp")
+	tcpHost, udpHost := nettest.FreePort(t, "tcp"), nettest.FreePort(t, "udp")
 	mappings := []netns.PortMapping{
 		{HostPort: tcpHost, ContainerPort: int32(p.tcpPort), Protocol: "tcp"},
 		{HostPort: udpHost, ContainerPort: int32(p.udpPort), Protocol: "udp", HostIP: "127.0.0.1"},
@@ -224,7 +194,7 @@ func TestPublisherRealPod(t *testing.T) {
 	}
 	for _, a := range []string{"127.0.0.1", "[::1]"} {
 		addr := strings.Trim(a, "[]")
-		got, err := tcpHello(net.JoinHostPort(addr, strconv.Itoa(int(tcpHost))))
+		got, err := nettest.AskTCP(net.JoinHostPort(addr, strconv.Itoa(int(tcpHost))))
 		if err != nil || got != "pod:hi" {
 			t.Errorf("hostPort %d/tcp via %s: %q %v", tcpHost, a, got, err)
 		}
@@ -245,7 +215,7 @@ func TestPublisherRealPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	busyPort := int32(busy.Addr().(*net.TCPAddr).Port)
-	other := freePort(t, "tcp")
+	other := nettest.FreePort(t, "tcp")
 	err = pub.Publish("sb2", p.ip, []netns.PortMapping{
 		{HostPort: other, ContainerPort: int32(p.tcpPort), Protocol: "tcp"},
 		{HostPort: busyPort, ContainerPort: int32(p.tcpPort), Protocol: "tcp", HostIP: "127.0.0.1"},
@@ -274,7 +244,7 @@ func TestPublisherRealPod(t *testing.T) {
 	if err := pub.Unpublish("sb1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tcpHello(fmt.Sprintf("127.0.0.1:%d", tcpHost)); !errors.Is(err, syscall.ECONNREFUSED) {
+	if _, err := nettest.AskTCP(fmt.Sprintf("127.0.0.1:%d", tcpHost)); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("after Unpublish: want connection refused, got %v", err)
 	}
 	if l, err := net.Listen("tcp", fmt.Sprintf(":%d", tcpHost)); err != nil {
