@@ -73,7 +73,9 @@ func cgroupPids(dirs []string) ([]int, error) {
 	var all []int
 	for _, dir := range dirs {
 		pids, err := cgroups.GetAllPids(dir)
-		if errors.Is(err, fs.ErrNotExist) {
+		// ENODEV: the cgroup was removed while being read (systemd removes
+		// a scope's cgroup as soon as its last process is gone).
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV) {
 			continue
 		}
 		if err != nil {

@@ -203,7 +203,10 @@ func (notFoundError) Is(target error) bool { return target == fs.ErrNotExist }
 
 func notFound(cgPath string) error { return fmt.Errorf("cgroup %s: %w", cgPath, ErrNotFound) }
 
-func isNotExist(err error) bool { return errors.Is(err, unix.ENOENT) || errors.Is(err, fs.ErrNotExist) }
+func isNotExist(err error) bool {
+	// ENODEV: read from a cgroup removed meanwhile (systemd drops empty scopes).
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)
+}
 
 // ContainerCgroupPath is the cgroup of container id in the pod cgroup
 // podPath: <podPath>/<id>, where the shim creates it.
