@@ -82,15 +82,16 @@ func RunParent(opts ParentOptions) error {
 		return fmt.Errorf("another peapod serve is running for %s", opts.StateDir)
 	}
 
-	// Into the leaf of a delegated cgroup v2 subtree before anything
-	// starts: the holder, the network helper and the daemon inherit it.
-	opts.DaemonArgs = append(opts.DaemonArgs[:len(opts.DaemonArgs):len(opts.DaemonArgs)],
-		podCgroupParent(delegatedCgroupV2(opts.Log), opts.PodCgroup)...)
+	// cgroup v2: a delegated subtree for the pods (cgroup2.go); when it
+	// is our own cgroup, we move into its leaf before anything starts.
+	cg := beginCgroupV2(opts.Log, uid)
 
 	rec, err := ensureHolder(opts, uids, gids)
 	if err != nil {
 		return err
 	}
+	opts.DaemonArgs = append(opts.DaemonArgs[:len(opts.DaemonArgs):len(opts.DaemonArgs)],
+		podCgroupParent(cg.podsBase(rec), opts.PodCgroup)...)
 
 	// The binder: the daemon asks for host sockets on its end (fd 3).
 	conn, theirs, err := binder.Pair()
