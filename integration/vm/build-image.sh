@@ -21,8 +21,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 SUITE=bookworm
 # The packages of the brief; libpam-systemd and dbus-user-session make the
 # lingering user manager (user@1000, the delegated subtree) start; procps and
-# less only help debugging in vm-shell.
-PACKAGES=systemd,systemd-sysv,udev,iproute2,iptables,busybox-static,kmod,util-linux,ca-certificates,iperf3,uidmap,dbus,libseccomp2,libpam-systemd,dbus-user-session,procps,less
+# less only help debugging in vm-shell; slirp4netns is the rootless network
+# (rootless-v2.sh).
+PACKAGES=systemd,systemd-sysv,udev,iproute2,iptables,busybox-static,kmod,util-linux,ca-certificates,iperf3,uidmap,dbus,libseccomp2,libpam-systemd,dbus-user-session,procps,less,slirp4netns
 # Bump to force a new base (e.g. for newer packages of the suite).
 BASE_REV=1
 TEST_USER=peapod-test

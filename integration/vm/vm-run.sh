@@ -116,6 +116,20 @@ if [ "${VM_SKIP_SMOKE:-0}" != 1 ]; then
 	esac
 fi
 
+# Rootless peapod as peapod-test under systemd with a delegated cgroup.
+if [ "${VM_SKIP_ROOTLESS:-0}" != 1 ]; then
+	say "RUN rootless-v2"
+	t0=$(date +%s)
+	bash "$REPO/integration/vm/rootless-v2.sh" >"$RES/rootless-v2.log" 2>&1
+	rc=$?
+	secs=$(($(date +%s) - t0))
+	case $rc in
+	0) record PASS rootless-v2 "$secs" "peapod-test under systemd: pods in a delegated scope, limited and accounted, kept across a restart; undelegated: pods run" ;;
+	77) record SKIP rootless-v2 "$secs" "$(tail -1 "$RES/rootless-v2.log")" ;;
+	*) record FAIL rootless-v2 "$secs" "exit $rc: $(grep '^FAIL' "$RES/rootless-v2.log" | head -1)" ;;
+	esac
+fi
+
 n=$(wc -l <"$RES/summary.txt")
 say "DONE $((n - fails)) of $n passed"
 [ "$fails" = 0 ]
