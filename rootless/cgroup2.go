@@ -35,9 +35,10 @@ import (
 //     pods go to <scope>/pods. systemd starts a service in the service's
 //     own cgroup: were controllers enabled there for the pods, it could not
 //     start the service again while pods run (the kernel refuses a process
-//     in such a cgroup; seen with systemd 252: status 219/CGROUP). The
-//     scope lives as long as the holder, so a restarted service finds it
-//     (through the holder's cgroup) and its pods.
+//     in such a cgroup, EBUSY; with systemd 252 in the VM the start failed,
+//     as systemd issue 24064 describes). The scope lives as long as the
+//     holder, so a restarted service finds it (through the holder's cgroup)
+//     and its pods.
 //   - Otherwise, when this process's own cgroup is delegated (writable: a
 //     scope with Delegate=yes, or a subtree root made for the user), the
 //     parent moves itself into its leaf CgroupLeaf before it starts

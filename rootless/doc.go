@@ -27,6 +27,15 @@
 // tolerate ones that do not, cgroup writes are best effort outside a
 // delegated subtree, and libcontainer runs with RootlessCgroups.
 //
+// On a cgroup v2 host the parent readies a subtree that systemd delegated
+// to the user for the pods' cgroups before the daemon starts (cgroup2.go):
+// as a systemd user service, a scope with Delegate=yes around the holder
+// and the network helper (peapod-holder-<pid>.scope; pods in <scope>/pods),
+// so that systemd can restart the service while pods run; otherwise its
+// own cgroup, when delegated, which it leaves for the leaf "supervisor"
+// (pods in <own>/pods). The daemon gets that parent as --cgroup-parent
+// unless the user chose one.
+//
 // Sockets in the host's network namespace (hostPorts, the exec/attach
 // streaming server) are bound by the parent on the daemon's request and
 // passed to it over a unix socket (SCM_RIGHTS): see Binder. The daemon then
