@@ -37,9 +37,10 @@
 // that hierarchy (integration/rootless-delegate.sh makes
 // /sys/fs/cgroup/<hierarchy>/peapod-<user>), on v2 the service's own cgroup
 // with Delegate=yes, which PrepareDelegatedV2 readies (the daemon moves into
-// a leaf, controllers are enabled for the pods). Detection is
-// userns.RunningInUserNS, so RootlessKit and `unshare` behave the same. Pods
-// get cgroups in the delegated hierarchies only and still run without the
+// a leaf, controllers are enabled for the pods), or a delegated scope that
+// PrepareDelegatedV2At readies (package rootless makes one as a user
+// service). Detection is userns.RunningInUserNS, so RootlessKit and
+// `unshare` behave the same. Pods get cgroups in the delegated hierarchies only and still run without the
 // others; ReadStats leaves the sections of those controllers nil (absent,
 // not zero), Unavailability says for each unusable controller why ("not
 // delegated to this user: ... is not writable"), and Undelegated tells the
