@@ -114,6 +114,7 @@ func TestRunPodSandboxGivesPodItsOwnNamespacesAndFiles(t *testing.T) {
 	srv := nsenterNet(v.Namespaces["net"], "busybox", "nc", "-l", "-p", "8080")
 	out := &strings.Builder{}
 	srv.Stdout = out
+	holdStdin(t, srv)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +130,7 @@ func TestRunPodSandboxGivesPodItsOwnNamespacesAndFiles(t *testing.T) {
 	srv2 := nsenterNet(v.Namespaces["net"], "busybox", "nc", "-l", "-p", "8081")
 	out2 := &strings.Builder{}
 	srv2.Stdout = out2
+	holdStdin(t, srv2)
 	if err := srv2.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -173,6 +175,19 @@ func mountLine(path string) string {
 	return ""
 }
 
+// holdStdin gives a `busybox nc -l` server a stdin that stays open until
+// the test ends: at EOF on stdin it closes the connection it accepts, and
+// data the client sends a moment later is lost.
+func holdStdin(t testing.TB, cmd *exec.Cmd) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdin = r
+	t.Cleanup(func() { r.Close(); w.Close() })
+}
+
 // waitListening waits until a TCP port listens inside the netns.
 func waitListening(t testing.TB, pin string, port int) {
 	t.Helper()
@@ -202,6 +217,7 @@ func TestHostPortReachesPodFromHostLoopback(t *testing.T) {
 	srv := nsenterNet(v.Namespaces["net"], "busybox", "nc", "-l", "-p", "80")
 	out := &strings.Builder{}
 	srv.Stdout = out
+	holdStdin(t, srv)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
