@@ -187,9 +187,15 @@ func (d *daemon) hostOut(t testing.TB, name string, args ...string) string {
 // network helper's gateway (10.0.2.2 with slirp4netns) once host loopback
 // is allowed. Apply it before withRootless, which hands the dir over.
 func withRootlessRegistry(reg *testRegistry) daemonOpt {
+	return withRootlessRegistryVia(reg, "slirp4netns", "10.0.2.2")
+}
+
+// withRootlessRegistryVia is withRootlessRegistry with network helper net,
+// whose gateway address gw leads to the host's loopback.
+func withRootlessRegistryVia(reg *testRegistry, net, gw string) daemonOpt {
 	return func(d *daemon) {
 		_, port, _ := strings.Cut(reg.Host, ":")
-		server := "http://10.0.2.2:" + port
+		server := "http://" + gw + ":" + port
 		dir := filepath.Join(d.base, "certs.d")
 		if err := os.MkdirAll(filepath.Join(dir, "_default"), 0o755); err != nil {
 			d.t.Fatal(err)
@@ -198,6 +204,6 @@ func withRootlessRegistry(reg *testRegistry) daemonOpt {
 		if err := os.WriteFile(filepath.Join(dir, "_default", "hosts.toml"), []byte(hosts), 0o644); err != nil {
 			d.t.Fatal(err)
 		}
-		d.Extra = append(d.Extra, "--registry-config-dir", dir, "--rootless-host-loopback", "--rootless-net", "slirp4netns")
+		d.Extra = append(d.Extra, "--registry-config-dir", dir, "--rootless-host-loopback", "--rootless-net", net)
 	}
 }

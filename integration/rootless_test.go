@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -395,4 +396,44 @@ func TestRootlessCyclesLeaveNothingBehind(t *testing.T) {
 	if n, _ := filepath.Glob(filepath.Join(d.Root, "images", "containers", "*")); len(n) != 0 {
 		t.Errorf("container writable layers left: %v", n)
 	}
+}
+
+// TestRootlessWithPasta: the other network helper. pasta copies the host's
+// addresses and routes into the namespace and, with host loopback allowed,
+// maps the gateway address to the host's loopback: the image comes from
+// the registry on the host's 127.0.0.1 through it, and a container runs.
+func TestRootlessWithPasta(t *testing.T) {
+	if _, err := exec.LookPath("pasta"); err != nil {
+		t.Fatalf("pasta is needed (apt-get install passt; .ci/run installs it): %v", err)
+	}
+	gw := ""
+	for _, l := range strings.Split(run(t, "ip", "-4", "route", "show", "default"), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[0] == "default" && f[1] == "via" {
+			gw = f[2]
+			break
+		}
+	}
+	if gw == "" {
+		t.Fatal("the host has no IPv4 default route, which pasta copies into the namespace")
+	}
+	reg := startRegistry(t)
+	reg.push(t, "busybox:1", busyboxImage(t, nil))
+	d := startDaemon(t, withRootlessRegistryVia(reg, "pasta", gw), withRootless())
+	if b, _ := os.ReadFile(filepath.Join(d.State, "rootless", "holder.json")); !strings.Contains(string(b), `"net": "pasta"`) {
+		t.Fatalf("holder record does not name pasta: %s", b)
+	}
+	img := runtime.NewImageServiceClient(d.conn)
+	if _, err := img.PullImage(ctxT(t), &runtime.PullImageRequest{Image: &runtime.ImageSpec{Image: "example.test/busybox:1"}}); err != nil {
+		t.Fatalf("pull through pasta's gateway %s: %v", gw, err)
+	}
+	cfg := podConfig("rlp")
+	pod := d.runPod(t, cfg)
+	id := d.createContainer(t, pod, cfg, busyboxContainer("c", "sleep", "3600"))
+	d.startContainer(t, id)
+	resp, err := d.RT.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: id, Cmd: []string{"hostname"}, Timeout: 10})
+	if err != nil || strings.TrimSpace(string(resp.Stdout)) != "rlp" {
+		t.Errorf("ExecSync hostname: %v %q", err, resp.GetStdout())
+	}
+	assertNothingRunsAsRoot(t, d)
+	d.stopRemove(t, pod)
 }
