@@ -5,7 +5,8 @@
 //
 //	peapod serve (parent)   the user's process, in the host namespaces
 //	  ├── holder            the embedded pause binary, started in a new
-//	  │                     user + mount + network namespace: it only keeps
+//	  │                     user, mount, network, IPC and UTS namespace
+//	  │                     (the rootless node's): it only keeps
 //	  │                     those namespaces alive, so pods outlive a daemon
 //	  │                     that is killed and restarted
 //	  ├── slirp4netns|pasta outbound network for the holder's netns
@@ -38,8 +39,14 @@
 //
 // Sockets in the host's network namespace (hostPorts, the exec/attach
 // streaming server) are bound by the parent on the daemon's request and
-// passed to it over a unix socket (SCM_RIGHTS): see Binder. The daemon then
-// accepts on them and proxies to the pod (package rootless/portfwd).
+// passed to it over a unix socket (SCM_RIGHTS, package rootless/binder).
+// The daemon then accepts on them and proxies to the pod (package
+// rootless/portfwd). The streaming server also listens on the same port of
+// the node's own loopback (HostListener), for clients inside the node.
+//
+// Under RootlessKit there is no parent of ours: the daemon runs in
+// RootlessKit's namespaces as they are, and publishes hostPorts and the
+// streaming port through RootlessKit's port API (rootlesskit.go).
 //
 // Paths (see Paths): socket $XDG_RUNTIME_DIR/peapod/peapod.sock, state
 // $XDG_RUNTIME_DIR/peapod, root $XDG_DATA_HOME/peapod (~/.local/share/peapod),
