@@ -8,7 +8,7 @@ CRI_TOOLS       := v1.37.0
 # cores with another package's tests.
 GOTEST_FLAGS    ?= -count=1 -timeout 25m -p 1
 
-.PHONY: all build pause peapod cni tools run test unit integration bench install clean
+.PHONY: all build pause shim peapod cni tools run test unit integration bench install clean
 
 all: build
 
@@ -18,11 +18,16 @@ build: peapod cni
 pause:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o pause/embedded/pause.bin ./pause
 
+# The per-pod shim (and containers' init) as a lean program of its own,
+# which peapod embeds; same cgo and tags as peapod.
+shim:
+	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(PEAPOD_TAGS)" -ldflags "-s -w -X main.version=$(VERSION)" -o shim/embedded/bin/peapod-shim ./shim/peapod-shim
+
 # cgo: libcontainer's nsenter (the `peapod init` of containers) is C. Seccomp
 # filters need libseccomp (Debian: libseccomp-dev); without it peapod builds
 # and refuses containers that ask for a seccomp profile.
 PEAPOD_TAGS     := $(shell pkg-config --exists libseccomp 2>/dev/null && echo seccomp)
-peapod: pause
+peapod: pause shim
 	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(PEAPOD_TAGS)" -ldflags "-X main.version=$(VERSION)" -o $(BIN)/peapod ./cmd/peapod
 
 # The CNI reference plugins of the embedded default network.
@@ -55,7 +60,7 @@ test: build tools
 	$(MAKE) critest
 	$(MAKE) critest-rootless
 
-unit: pause
+unit: pause shim
 	$(GO) test $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /integration)
 
 integration: build tools
@@ -70,7 +75,7 @@ install: build
 	install -m 0755 $(BIN)/cni/* /opt/cni/bin/
 
 clean:
-	rm -rf $(BIN) pause/embedded/pause.bin
+	rm -rf $(BIN) pause/embedded/pause.bin shim/embedded/bin/peapod-shim
 
 # critest, the CRI conformance suite (validation specs), against a private
 # peapod, offline: images built and served in-process, see integration/critest.

@@ -1,10 +1,14 @@
 // Package shim is the per-pod monitor of peapod and the daemon's client for
 // it.
 //
-// One shim process runs per pod (`peapod shim --dir DIR ...`, started by
-// Start, detached in its own session). It is the parent and child-subreaper
-// of the pod's containers, which it runs with runc's libcontainer; their init
-// is `peapod init` (see cmd/peapod/init.go). It holds the containers' stdio,
+// One shim process runs per pod (`<binary> shim --dir DIR ...`, started by
+// Start, detached in its own session). The binary is the lean peapod-shim
+// (shim/peapod-shim: this package and libcontainer's init, nothing of the
+// daemon), which peapod embeds (shim/embedded) and writes to its state
+// dir; a peapod built without it runs `peapod shim`, the same code. It is
+// the parent and child-subreaper of the pod's containers, which it runs
+// with runc's libcontainer; their init is `<binary> init` (libcontainer
+// re-executes the shim's own executable). It holds the containers' stdio,
 // writes their output to CRI log files (`RFC3339Nano stdout|stderr P|F
 // text`, lines over 16 KiB split into P records), records each exit (code,
 // finish time, OOM kill) in DIR/containers/<id>/exit.json, and serves exec
@@ -22,6 +26,9 @@
 // with a warning in the shim's log; oom_score_adj is never lowered (that
 // needs CAP_SYS_RESOURCE of the host). Non-zero container uids are the
 // namespace's, so they map into the user's subordinate range.
+//
+// Memory (memory_linux.go): GOGC 50, and a full collection that returns
+// free pages to the kernel once the shim is quiet after lifecycle work.
 //
 // The protocol between Client and shim is private: length-prefixed JSON
 // frames over a unix stream socket in DIR, one connection per call; an exec

@@ -21,7 +21,9 @@ import (
 	"peapod/internal/usernstest"
 )
 
-// peapodBin is the real binary the shim runs as, built once by TestMain.
+// peapodBin is the real binary the shim runs as, built once by TestMain:
+// the lean peapod-shim that peapod embeds and runs, or with
+// PEAPOD_SHIMTEST_WHOLE=1 the whole peapod (`peapod shim`, its fallback).
 var peapodBin string
 
 // rootfs is a busybox root filesystem shared (read-only use) by the tests.
@@ -72,9 +74,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildPeapod builds cmd/peapod. Other packages of the module change
-// under our feet; a transient compile failure is retried for a while.
+// buildPeapod builds shim/peapod-shim (or cmd/peapod, see peapodBin).
+// Other packages of the module change under our feet; a transient compile
+// failure is retried for a while.
 func buildPeapod(out string) error {
+	pkg := "./shim/peapod-shim"
+	if os.Getenv("PEAPOD_SHIMTEST_WHOLE") != "" {
+		pkg = "./cmd/peapod"
+	}
 	var last []byte
 	for attempt := range 4 {
 		if attempt > 0 {
@@ -87,7 +94,7 @@ func buildPeapod(out string) error {
 		if os.Getenv("PEAPOD_SHIMTEST_RACE") != "" {
 			args = append(args, "-race") // the shim itself under the race detector
 		}
-		cmd := exec.Command("go", append(args, "./cmd/peapod")...)
+		cmd := exec.Command("go", append(args, pkg)...)
 		cmd.Dir = ".."
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
 		b, err := cmd.CombinedOutput()
@@ -96,7 +103,7 @@ func buildPeapod(out string) error {
 		}
 		last = b
 	}
-	return fmt.Errorf("build peapod: %s", last)
+	return fmt.Errorf("build %s: %s", pkg, last)
 }
 
 func makeBusyboxRootfs(dir string) error {

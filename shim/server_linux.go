@@ -34,6 +34,7 @@ type server struct {
 	runcRoot  string
 	podCgroup string
 	reaper    *reaper
+	trim      *trimmer
 	log       *slog.Logger
 	listener  *net.UnixListener
 
@@ -84,6 +85,7 @@ func serve(opts ServeOptions) error {
 		return fmt.Errorf("shim: another shim (pid %d) serves %s", c.Pid(), opts.Dir)
 	}
 	s.reaper = newReaper()
+	s.trim = newTrimmer(s.log)
 	l, err := listenSocket(opts.Dir)
 	if err != nil {
 		return fmt.Errorf("shim: listen: %w", err)
@@ -123,6 +125,9 @@ func (s *server) handle(conn *net.UnixConn) {
 	var req request
 	if err := readJSON(conn, &req); err != nil {
 		return
+	}
+	if trims(req.Op) {
+		defer s.trim.soon()
 	}
 	switch req.Op {
 	case opExec:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"peapod/rootless/binder"
 	"peapod/rootless/portfwd"
 	"peapod/sandbox"
+	shimembed "peapod/shim/embedded"
 )
 
 // listFlag collects a search list given as repeated flags or ':'/','-separated.
@@ -277,11 +279,20 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Pods' shims run the lean peapod-shim when this peapod carries one,
+	// else `peapod shim` of this binary.
+	shimBin, err := shimembed.Install(cfg.State)
+	if errors.Is(err, shimembed.ErrNone) {
+		log.Info("no lean shim binary embedded; pods' shims run as `peapod shim`")
+		shimBin = exe
+	} else if err != nil {
+		return fmt.Errorf("install the shim binary: %w", err)
+	}
 	ctx := context.Background()
 	ports := hostPorts(cfg, hostSockets, log)
 	mgr, err := sandbox.New(ctx, sandbox.Config{
 		Images:              images,
-		ShimBinary:          exe,
+		ShimBinary:          shimBin,
 		RootDir:             cfg.Root,
 		StateDir:            cfg.State,
 		InstanceTag:         cfg.instanceTag(),

@@ -1,29 +1,10 @@
 package main
 
-import (
-	"flag"
-	"fmt"
-	"os"
-
-	"peapod/shim"
-)
+import "peapod/shim"
 
 // runShim is `peapod shim`: the per-pod monitor the daemon starts with
-// shim.Start. It is not meant to be run by hand.
+// shim.Start when this peapod carries no lean shim binary (shim/embedded).
+// It is not meant to be run by hand.
 func runShim(args []string) error {
-	fs := flag.NewFlagSet("shim", flag.ContinueOnError)
-	dir := fs.String("dir", "", "the shim's directory (socket, state, container records)")
-	podCgroup := fs.String("pod-cgroup", "", "the pod's cgroupfs path, parent of container cgroups")
-	readyFD := fs.Int("ready-fd", -1, "descriptor that receives \"ok\" or the start error")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	opts := shim.ServeOptions{Dir: *dir, PodCgroup: *podCgroup}
-	if *readyFD >= 0 {
-		opts.Ready = os.NewFile(uintptr(*readyFD), "ready")
-		if opts.Ready == nil {
-			return fmt.Errorf("bad --ready-fd %d", *readyFD)
-		}
-	}
-	return shim.Serve(opts)
+	return shim.Main(args)
 }
