@@ -58,6 +58,7 @@ type options struct {
 	pods, running, shapingPairs, cniFloor int
 	containerPods, pulls                  int // container section (containers.go); 0 pods: skip
 	skipPeapod, skipContainerd            bool
+	onlyContainers                        bool // the container section alone: no sandbox lifecycle, stats, shaping, CNI floor
 }
 
 func main() {
@@ -81,6 +82,7 @@ func realMain() int {
 	flag.IntVar(&opts.pulls, "pulls", 5, "timed pulls of the 5-layer image per runtime, each after RemoveImage")
 	flag.BoolVar(&opts.skipContainerd, "skip-containerd", false, "measure peapod only")
 	flag.BoolVar(&opts.skipPeapod, "skip-peapod", false, "measure containerd only")
+	flag.BoolVar(&opts.onlyContainers, "only-containers", false, "run the container section alone (start, teardown, memory, pulls): no sandbox lifecycle, stats, shaping or CNI floor")
 	timeout := flag.Duration("timeout", 10*time.Minute, "give up (and clean up) after this long")
 	flag.Parse()
 
@@ -91,6 +93,13 @@ func realMain() int {
 	if opts.pods < 1 || opts.running < 0 || opts.shapingPairs < 0 || opts.cniFloor < 0 || opts.containerPods < 0 || opts.pulls < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -pods and -pulls must be at least 1, -running, -shaping-pods, -cni-floor and -container-pods at least 0")
 		return 2
+	}
+	if opts.onlyContainers {
+		if opts.containerPods == 0 {
+			fmt.Fprintln(os.Stderr, "bench: -only-containers with -container-pods 0 measures nothing")
+			return 2
+		}
+		opts.shapingPairs, opts.cniFloor, statsPods = 0, 0, 0
 	}
 	if opts.skipPeapod && opts.skipContainerd {
 		fmt.Fprintln(os.Stderr, "bench: nothing to measure with both -skip-peapod and -skip-containerd")
@@ -252,8 +261,10 @@ func benchPeapod(ctx context.Context, env *benchEnv, opts options, namer *podNam
 		return err
 	}
 	rep.peapod = &runtimeReport{version: t.version, pauseBytes: t.pauseBinaryBytes, pauseFrom: t.pauseBinaryFrom}
-	if rep.peapod.life, err = benchLifecycle(ctx, t, namer, opts.pods, opts.running); err != nil {
-		return err
+	if !opts.onlyContainers {
+		if rep.peapod.life, err = benchLifecycle(ctx, t, namer, opts.pods, opts.running); err != nil {
+			return err
+		}
 	}
 	if opts.containerPods > 0 {
 		if rep.peapod.containers, err = benchContainers(ctx, env, t, namer, opts, cl); err != nil {
@@ -287,8 +298,10 @@ func benchContainerd(ctx context.Context, env *benchEnv, opts options, namer *po
 	if out, err := exec.Command(env.runcBin, "--version").Output(); err == nil {
 		rep.containerd.version += " + " + strings.SplitN(string(out), "\n", 2)[0]
 	}
-	if rep.containerd.life, err = benchLifecycle(ctx, t, namer, opts.pods, opts.running); err != nil {
-		return err
+	if !opts.onlyContainers {
+		if rep.containerd.life, err = benchLifecycle(ctx, t, namer, opts.pods, opts.running); err != nil {
+			return err
+		}
 	}
 	if opts.containerPods > 0 {
 		if rep.containerd.containers, err = benchContainers(ctx, env, t, namer, opts, cl); err != nil {

@@ -20,7 +20,8 @@ type procInfo struct {
 }
 
 // name is a short, readable kind of process: "pause", "containerd-shim-runc-v2",
-// or "peapod shim" for a subcommand of the one peapod binary.
+// "peapod-shim" (the lean shim binary), or "peapod shim" for a subcommand of
+// the whole peapod binary.
 func (p *procInfo) name() string {
 	if len(p.argv) == 0 {
 		return "?"
@@ -31,6 +32,9 @@ func (p *procInfo) name() string {
 	}
 	if n == "peapod" && len(p.argv) > 1 {
 		return n + " " + p.argv[1]
+	}
+	if strings.HasPrefix(n, "peapod-shim-") { // installed by content hash
+		return "peapod-shim"
 	}
 	return n
 }
