@@ -102,16 +102,24 @@ func Start(ctx context.Context, opts StartOptions) (*Client, error) {
 }
 
 // shimEnv is the daemon's environment without what belongs to the daemon
-// alone: systemd's notify socket and socket activation.
+// alone: systemd's notify socket and socket activation. The shim runs with
+// one P (GOMAXPROCS=1, see memory_linux.go) unless the daemon's
+// environment says otherwise.
 func shimEnv(env []string) []string {
 	out := env[:0:0]
+	procs := false
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
 		case "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES":
 			continue
+		case "GOMAXPROCS":
+			procs = true
 		}
 		out = append(out, kv)
+	}
+	if !procs {
+		out = append(out, "GOMAXPROCS=1")
 	}
 	return out
 }

@@ -1,0 +1,56 @@
+package shim
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// shimAnonBudgetKB bounds the shim's private memory with one running
+// container: about 1.9 MiB measured (lean binary, one P); the whole peapod
+// as the shim took 3.4 MiB (wholeAnonBudgetKB, PEAPOD_SHIMTEST_WHOLE=1).
+// Over the budget means something now stays resident per shim, in every
+// pod.
+const (
+	shimAnonBudgetKB  = 2560
+	wholeAnonBudgetKB = 4096
+)
+
+func TestShimMemoryWithOneContainer(t *testing.T) {
+	p := newPod(t)
+	p.run(p.spec("mem", false, "sleep", "1000"))
+	// Past the trim's time (it leaves a heap this small alone).
+	time.Sleep(trimDelay + 300*time.Millisecond)
+	anon, err := anonKB(p.client.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("shim %s: %d KiB anonymous after one container started", peapodBin, anon)
+	budget := int64(shimAnonBudgetKB)
+	if os.Getenv("PEAPOD_SHIMTEST_WHOLE") != "" {
+		budget = wholeAnonBudgetKB
+	}
+	if anon > budget {
+		t.Errorf("shim holds %d KiB of anonymous memory with one container, budget %d KiB", anon, budget)
+	}
+}
+
+// anonKB is Pss_Anon of the process (its private anonymous memory).
+func anonKB(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Pss_Anon:"); ok {
+			return strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no Pss_Anon in smaps_rollup of %d", pid)
+}
