@@ -315,6 +315,17 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStat
 	if err != nil {
 		return nil, grpcError(err)
 	}
+	st := crContainerStatus(c)
+	resp := &runtime.ContainerStatusResponse{Status: st}
+	if req.GetVerbose() {
+		b, _ := json.Marshal(map[string]any{"pid": c.Pid, "sandboxId": c.SandboxID, "config": c.Config})
+		resp.Info = map[string]string{"info": string(b)}
+	}
+	return resp, nil
+}
+
+// crContainerStatus is a container record as CRI's ContainerStatus.
+func crContainerStatus(c *sandbox.Container) *runtime.ContainerStatus {
 	st := &runtime.ContainerStatus{
 		Id:          c.ID,
 		Metadata:    &runtime.ContainerMetadata{Name: c.Config.Name, Attempt: c.Config.Attempt},
@@ -350,12 +361,7 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStat
 		}
 		st.Mounts = append(st.Mounts, &runtime.Mount{HostPath: m.HostPath, ContainerPath: m.ContainerPath, Readonly: m.Readonly, Propagation: prop})
 	}
-	resp := &runtime.ContainerStatusResponse{Status: st}
-	if req.GetVerbose() {
-		b, _ := json.Marshal(map[string]any{"pid": c.Pid, "sandboxId": c.SandboxID, "config": c.Config})
-		resp.Info = map[string]string{"info": string(b)}
-	}
-	return resp, nil
+	return st
 }
 
 func crResources(r *specs.LinuxResources) *runtime.ContainerResources {

@@ -49,6 +49,16 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtime.PodSandboxSt
 	if err != nil {
 		return nil, grpcError(err)
 	}
+	st := crSandboxStatus(sb)
+	resp := &runtime.PodSandboxStatusResponse{Status: st}
+	if req.GetVerbose() {
+		resp.Info = map[string]string{"info": verboseInfo(sb)}
+	}
+	return resp, nil
+}
+
+// crSandboxStatus is a sandbox record as CRI's PodSandboxStatus.
+func crSandboxStatus(sb *sandbox.Sandbox) *runtime.PodSandboxStatus {
 	st := &runtime.PodSandboxStatus{
 		Id:             sb.ID,
 		Metadata:       metadata(sb),
@@ -71,11 +81,7 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtime.PodSandboxSt
 			st.Network.AdditionalIps = append(st.Network.AdditionalIps, &runtime.PodIP{Ip: ip})
 		}
 	}
-	resp := &runtime.PodSandboxStatusResponse{Status: st}
-	if req.GetVerbose() {
-		resp.Info = map[string]string{"info": verboseInfo(sb)}
-	}
-	return resp, nil
+	return st
 }
 
 // verboseInfo is the JSON a person debugging a pod wants: the pause pid,

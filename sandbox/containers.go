@@ -35,6 +35,9 @@ type centry struct {
 	op      sync.Mutex
 	rec     *Container
 	removed bool
+	// announced: its CREATED event went out (the record is filled in
+	// before it is created for good).
+	announced bool
 }
 
 type containerTable struct {
@@ -71,8 +74,14 @@ func (m *Manager) publishContainer(ce *centry, c *Container) {
 	cp := *c
 	t := m.ctable()
 	t.mu.Lock()
+	was := ContainerState("")
+	if ce.announced && ce.rec != nil {
+		was = ce.rec.State
+	}
+	ce.announced = ce.announced || cp.State != ContainerUnknown
 	ce.rec = &cp
 	t.mu.Unlock()
+	m.containerTransition(was, &cp)
 }
 
 func (m *Manager) loadContainers(sandboxID string) {
@@ -93,7 +102,7 @@ func (m *Manager) loadContainers(sandboxID string) {
 		if json.Unmarshal(b, &c) != nil || c.ID == "" {
 			continue
 		}
-		t.byID[c.ID] = &centry{rec: &c}
+		t.byID[c.ID] = &centry{rec: &c, announced: c.State != ContainerUnknown}
 	}
 }
 
@@ -255,7 +264,11 @@ func (m *Manager) dropContainer(ce *centry, id string) {
 	t.mu.Lock()
 	ce.removed = true
 	delete(t.byID, id)
+	rec, announced := ce.rec, ce.announced
 	t.mu.Unlock()
+	if announced {
+		m.emit(rec.SandboxID, id, EventDeleted)
+	}
 }
 
 func (m *Manager) containerAndShim(ctx context.Context, id string) (*centry, *Container, *Sandbox, error) {
@@ -312,6 +325,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	if err := client.StartContainer(ctx, c.ID); err != nil {
 		return fmt.Errorf("start container %s: %w", c.ID, err)
 	}
+	m.watchExit(sb, c.ID)
 	st, err := client.State(ctx, c.ID)
 	if err == nil {
 		applyShimState(c, st)

@@ -67,6 +67,11 @@ type Manager struct {
 
 	ctOnce sync.Once
 	ct     *containerTable
+
+	events eventHub
+	// bg ends with Close: background work such as exit watchers.
+	bg       context.Context
+	bgCancel context.CancelFunc
 }
 
 // entry is one sandbox in memory. op serializes lifecycle operations on this
@@ -112,15 +117,19 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		stopRetry: make(chan struct{}),
 		retryDone: make(chan struct{}),
 	}
+	m.bg, m.bgCancel = context.WithCancel(context.Background())
 	if err := m.recover(ctx); err != nil {
+		m.bgCancel()
 		return nil, err
 	}
+	m.watchRunningContainers()
 	go m.retryLoop()
 	return m, nil
 }
 
 // Close stops background work. Pods keep running.
 func (m *Manager) Close() {
+	m.bgCancel()
 	select {
 	case <-m.stopRetry:
 	default:
@@ -145,9 +154,14 @@ func (m *Manager) runtimeDir(id string) string {
 func (m *Manager) publish(e *entry, rec *Sandbox) {
 	cp := *rec
 	m.mu.Lock()
+	before := e.rec
 	e.rec = &cp
 	m.mu.Unlock()
+	m.sandboxTransition(before, &cp)
 }
+
+// background is a context that ends when the manager closes.
+func (m *Manager) background() context.Context { return m.bg }
 
 // persist saves rec and then publishes it.
 func (m *Manager) persist(e *entry, rec *Sandbox) error {

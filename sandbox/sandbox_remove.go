@@ -68,5 +68,6 @@ func (m *Manager) finishRemove(e *entry, rec *Sandbox) error {
 	m.mu.Lock()
 	delete(m.sandboxes, rec.ID)
 	m.mu.Unlock()
+	m.emit(rec.ID, rec.ID, EventDeleted)
 	return nil
 }
