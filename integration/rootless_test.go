@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"peapod/integration/flowmeter"
@@ -436,4 +438,52 @@ func TestRootlessWithPasta(t *testing.T) {
 	}
 	assertNothingRunsAsRoot(t, d)
 	d.stopRemove(t, pod)
+}
+
+// TestRootlessImageImport: `peapod image import` run by the user goes into
+// the running rootless node (the store's ids are the node's) and the
+// daemon runs a container from the imported image.
+func TestRootlessImageImport(t *testing.T) {
+	d := startDaemon(t, withRootless())
+	archive := filepath.Join(d.userDir(t, "archives"), "img.tar")
+	ref, err := name.ParseReference("example.test/imported:rl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarball.WriteToFile(archive, ref, busyboxImage(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(archive, d.user.UID, d.user.GID); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(d.exe, "image", "import", archive, "--root", d.Root, "--state", d.State)
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	d.user.asUser(cmd)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("peapod image import as %s: %v\n%s", d.user.Name, err, out)
+	}
+	img := runtime.NewImageServiceClient(d.conn)
+	st, err := img.ImageStatus(ctxT(t), &runtime.ImageStatusRequest{Image: &runtime.ImageSpec{Image: "example.test/imported:rl"}})
+	if err != nil || st.Image == nil {
+		t.Fatalf("imported image not visible to the rootless daemon: %v %v", st, err)
+	}
+	cfg := podConfig("rlimp")
+	pod := d.runPod(t, cfg)
+	c := busyboxContainer("run", "sh", "-c", "exit 0")
+	c.Image.Image = st.Image.Id
+	id := d.createContainer(t, pod, cfg, c)
+	d.startContainer(t, id)
+	if s := d.waitExited(t, id, 10*time.Second); s.ExitCode != 0 {
+		t.Errorf("container from the imported image: exit %d reason %q", s.ExitCode, s.Reason)
+	}
+	d.stopRemove(t, pod)
+
+	// With no rootless instance running, it says so.
+	d.stop()
+	cmd = exec.Command(d.exe, "image", "import", archive, "--root", d.Root, "--state", d.State)
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	d.user.asUser(cmd)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "start `peapod serve` first") {
+		t.Errorf("import with no instance running: %v\n%s", err, out)
+	}
 }

@@ -165,3 +165,13 @@ func waitGone(p proc, d time.Duration) bool {
 	}
 	return true
 }
+
+// RunningHolder returns the pid of the live namespace holder recorded under
+// stateDir, for commands that must run inside the rootless node.
+func RunningHolder(stateDir string) (int, error) {
+	r, err := readRecord(stateDir)
+	if err != nil || !r.Holder.alive() {
+		return 0, fmt.Errorf("no rootless peapod runs for %s: start `peapod serve` first", stateDir)
+	}
+	return r.Holder.PID, nil
+}
