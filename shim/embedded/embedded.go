@@ -17,6 +17,7 @@ import (
 	"embed"
 	"encoding/hex"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -24,12 +25,15 @@ import (
 //go:embed bin
 var files embed.FS
 
-const name = "peapod-shim"
+const (
+	name = "peapod-shim"
+	path = "bin/" + name
+)
 
 // Binary is the embedded shim executable, or nil when peapod was built
-// without one.
+// without one. It copies the bytes; Install does not.
 func Binary() []byte {
-	b, err := files.ReadFile("bin/" + name)
+	b, err := files.ReadFile(path)
 	if err != nil {
 		return nil
 	}
@@ -42,27 +46,32 @@ var ErrNone = errors.New("no shim binary embedded in this peapod (build it with 
 // Install writes the embedded shim binary to <stateDir>/bin, named by its
 // content hash so that an upgrade never runs a stale one and the shims of
 // running pods keep their executable, and returns its path. It returns
-// ErrNone when there is none.
+// ErrNone when there is none. It streams from the embedded data: the
+// daemon's heap never holds a copy of the binary.
 func Install(stateDir string) (string, error) {
-	b := Binary()
-	if len(b) == 0 {
-		return "", ErrNone
+	size, sum, err := hashEmbedded()
+	if err != nil {
+		return "", err
 	}
-	sum := sha256.Sum256(b)
 	dir := filepath.Join(stateDir, "bin")
-	path := filepath.Join(dir, name+"-"+hex.EncodeToString(sum[:])[:12])
-	if st, err := os.Stat(path); err == nil && st.Mode().IsRegular() && st.Size() == int64(len(b)) {
-		return path, nil
+	dst := filepath.Join(dir, name+"-"+hex.EncodeToString(sum)[:12])
+	if st, err := os.Stat(dst); err == nil && st.Mode().IsRegular() && st.Size() == size {
+		return dst, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
+	src, err := files.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer src.Close()
 	tmp, err := os.CreateTemp(dir, "."+name+"-*")
 	if err != nil {
 		return "", err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
+	if _, err := io.Copy(tmp, src); err != nil {
 		tmp.Close()
 		return "", err
 	}
@@ -73,5 +82,23 @@ func Install(stateDir string) (string, error) {
 	if err := tmp.Close(); err != nil {
 		return "", err
 	}
-	return path, os.Rename(tmp.Name(), path)
+	return dst, os.Rename(tmp.Name(), dst)
+}
+
+// hashEmbedded is the size and SHA-256 of the embedded binary, or ErrNone.
+func hashEmbedded() (int64, []byte, error) {
+	f, err := files.Open(path)
+	if err != nil {
+		return 0, nil, ErrNone
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return 0, nil, err
+	}
+	if n == 0 {
+		return 0, nil, ErrNone
+	}
+	return n, h.Sum(nil), nil
 }
