@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"peapod/netns"
+	"peapod/rootless/portfwd"
 )
 
 // A daemon started under RootlessKit (`rootlesskit --port-driver=builtin
@@ -370,40 +371,26 @@ func (p *RootlessKitPorts) specs(ip string, mappings []netns.PortMapping) ([]rkS
 	}
 	var out []rkSpec
 	var names []string
-	for _, m := range mappings {
-		proto := strings.ToLower(m.Protocol)
-		if proto == "" {
-			proto = "tcp"
+	for _, pm := range mappings {
+		m, err := portfwd.ParseMapping(pm)
+		if err != nil {
+			return nil, nil, err
 		}
-		name := fmt.Sprintf("host port %d/%s", m.HostPort, proto)
-		if m.HostIP != "" {
-			name = fmt.Sprintf("host port %s/%s", net.JoinHostPort(m.HostIP, strconv.Itoa(int(m.HostPort))), proto)
-		}
-		if m.HostPort <= 0 || m.HostPort > 65535 || m.ContainerPort <= 0 || m.ContainerPort > 65535 {
-			return nil, nil, fmt.Errorf("%s: ports out of range (host %d, container %d)", name, m.HostPort, m.ContainerPort)
-		}
+		name, proto := m.Name, m.Proto
 		if (proto != "tcp" && proto != "udp") || !p.protos[proto] {
 			return nil, nil, fmt.Errorf("%s: RootlessKit's port driver does not publish %s ports", name, proto)
 		}
 		host, listen := "", proto
-		if m.HostIP != "" {
-			hip := net.ParseIP(m.HostIP)
-			if hip == nil {
-				return nil, nil, fmt.Errorf("%s: host IP %q is not an IP address", name, m.HostIP)
-			}
-			host = hip.String()
+		if m.HostIP != nil {
+			host = m.HostIP.String()
 			// An IPv4 address (0.0.0.0 too) is IPv4 only: a plain "tcp"
 			// on 0.0.0.0 would listen on IPv6 as well (Go's rule, which
 			// RootlessKit follows).
-			family := "4"
-			if hip.To4() == nil {
-				family = "6"
-			}
-			if p.protos[proto+family] {
-				listen = proto + family
+			if p.protos[proto+m.Family()] {
+				listen = proto + m.Family()
 			}
 		}
-		out = append(out, rkSpec{Proto: listen, ParentIP: host, ParentPort: int(m.HostPort), ChildIP: podIP.String(), ChildPort: int(m.ContainerPort)})
+		out = append(out, rkSpec{Proto: listen, ParentIP: host, ParentPort: m.HostPort, ChildIP: podIP.String(), ChildPort: m.ContainerPort})
 		names = append(names, name)
 	}
 	return out, names, nil

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 
 	"peapod/netns"
@@ -93,36 +92,21 @@ func (p *Publisher) Publish(sandboxID, ip string, mappings []netns.PortMapping) 
 // ErrProtocol is a mapping whose protocol the forwarder cannot carry.
 var ErrProtocol = errors.New("unsupported hostPort protocol")
 
-func (p *Publisher) publishOne(podIP net.IP, m netns.PortMapping) (*Forwarder, error) {
-	proto := strings.ToLower(m.Protocol)
-	if proto == "" {
-		proto = "tcp"
+func (p *Publisher) publishOne(podIP net.IP, pm netns.PortMapping) (*Forwarder, error) {
+	m, err := ParseMapping(pm)
+	if err != nil {
+		return nil, err
 	}
-	name := fmt.Sprintf("host port %d/%s", m.HostPort, proto)
-	if m.HostIP != "" {
-		name = fmt.Sprintf("host port %s/%s", net.JoinHostPort(m.HostIP, strconv.Itoa(int(m.HostPort))), proto)
-	}
-	if m.HostPort <= 0 || m.HostPort > 65535 || m.ContainerPort <= 0 || m.ContainerPort > 65535 {
-		return nil, fmt.Errorf("%s: ports out of range (host %d, container %d)", name, m.HostPort, m.ContainerPort)
-	}
+	name, proto := m.Name, m.Proto
 	if proto != "tcp" && proto != "udp" {
 		return nil, fmt.Errorf("%s: %w: only tcp and udp are forwarded in rootless mode", name, ErrProtocol)
 	}
-	network, host := proto, m.HostIP
-	if ip := net.ParseIP(host); ip != nil {
-		if ip.IsUnspecified() {
-			host = "" // 0.0.0.0: every IPv4 address; ::, every IPv6 one
-		}
-		if ip.To4() != nil {
-			network += "4"
-		} else {
-			network += "6"
-		}
-	} else if host != "" {
-		return nil, fmt.Errorf("%s: host IP %q is not an IP address", name, host)
+	network, host := proto+m.Family(), ""
+	if m.HostIP != nil && !m.HostIP.IsUnspecified() {
+		host = m.HostIP.String() // 0.0.0.0: every IPv4 address; ::, every IPv6 one
 	}
-	addr := net.JoinHostPort(host, strconv.Itoa(int(m.HostPort)))
-	target := net.JoinHostPort(podIP.String(), strconv.Itoa(int(m.ContainerPort)))
+	addr := net.JoinHostPort(host, strconv.Itoa(m.HostPort))
+	target := net.JoinHostPort(podIP.String(), strconv.Itoa(m.ContainerPort))
 	if proto == "tcp" {
 		l, err := p.b.Listen(network, addr)
 		if err != nil {
