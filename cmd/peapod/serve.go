@@ -1,12 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -17,6 +17,7 @@ import (
 
 	"peapod/cri"
 	"peapod/image"
+	"peapod/internal/binfile"
 	"peapod/netns"
 	"peapod/pause/embedded"
 	"peapod/rootless"
@@ -123,32 +124,9 @@ func installPause(stateDir string) (string, error) {
 	if len(embedded.Binary) == 0 {
 		return "", fmt.Errorf("this peapod was built without its pause binary; build with `make build`")
 	}
-	sum := sha256.Sum256(embedded.Binary)
-	dir := filepath.Join(stateDir, "bin")
-	path := filepath.Join(dir, "pause-"+hex.EncodeToString(sum[:])[:12])
-	if st, err := os.Stat(path); err == nil && st.Size() == int64(len(embedded.Binary)) {
-		return path, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	tmp, err := os.CreateTemp(dir, ".pause-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(embedded.Binary); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Chmod(0o755); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
-	return path, os.Rename(tmp.Name(), path)
+	return binfile.Install(filepath.Join(stateDir, "bin"), "pause", func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(embedded.Binary)), nil
+	})
 }
 
 func newNetwork(cfg *config) (*netns.Network, error) {

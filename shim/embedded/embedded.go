@@ -13,13 +13,12 @@
 package embedded
 
 import (
-	"crypto/sha256"
 	"embed"
-	"encoding/hex"
 	"errors"
 	"io"
-	"os"
 	"path/filepath"
+
+	"peapod/internal/binfile"
 )
 
 //go:embed bin
@@ -49,56 +48,10 @@ var ErrNone = errors.New("no shim binary embedded in this peapod (build it with 
 // ErrNone when there is none. It streams from the embedded data: the
 // daemon's heap never holds a copy of the binary.
 func Install(stateDir string) (string, error) {
-	size, sum, err := hashEmbedded()
-	if err != nil {
-		return "", err
+	if f, err := files.Open(path); err != nil {
+		return "", ErrNone
+	} else if st, err := f.Stat(); f.Close() != nil || err != nil || st.Size() == 0 {
+		return "", ErrNone
 	}
-	dir := filepath.Join(stateDir, "bin")
-	dst := filepath.Join(dir, name+"-"+hex.EncodeToString(sum)[:12])
-	if st, err := os.Stat(dst); err == nil && st.Mode().IsRegular() && st.Size() == size {
-		return dst, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	src, err := files.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer src.Close()
-	tmp, err := os.CreateTemp(dir, "."+name+"-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, src); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Chmod(0o755); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
-	return dst, os.Rename(tmp.Name(), dst)
-}
-
-// hashEmbedded is the size and SHA-256 of the embedded binary, or ErrNone.
-func hashEmbedded() (int64, []byte, error) {
-	f, err := files.Open(path)
-	if err != nil {
-		return 0, nil, ErrNone
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return 0, nil, err
-	}
-	if n == 0 {
-		return 0, nil, ErrNone
-	}
-	return n, h.Sum(nil), nil
+	return binfile.Install(filepath.Join(stateDir, "bin"), name, func() (io.ReadCloser, error) { return files.Open(path) })
 }

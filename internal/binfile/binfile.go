@@ -1,0 +1,57 @@
+// Package binfile installs the executables peapod carries (the pause, the
+// shim) under a state dir, named by their content hash: an upgrade never
+// runs a stale one, and running processes keep theirs.
+package binfile
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// Install writes the content that open returns to dir/<name>-<hash> with
+// mode 0755, unless that file is there already, and returns its path. It
+// reads the content twice (hash, then copy) and never holds it in memory.
+func Install(dir, name string, open func() (io.ReadCloser, error)) (string, error) {
+	src, err := open()
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	size, err := io.Copy(h, src)
+	src.Close()
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", name, err)
+	}
+	dst := filepath.Join(dir, name+"-"+hex.EncodeToString(h.Sum(nil))[:12])
+	if st, err := os.Stat(dst); err == nil && st.Mode().IsRegular() && st.Size() == size {
+		return dst, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if src, err = open(); err != nil {
+		return "", err
+	}
+	defer src.Close()
+	tmp, err := os.CreateTemp(dir, "."+name+"-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, src); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Chmod(0o755); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	return dst, os.Rename(tmp.Name(), dst)
+}
