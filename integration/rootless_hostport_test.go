@@ -2,13 +2,11 @@ package integration
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -17,48 +15,10 @@ import (
 )
 
 // podEcho serves TCP on :8080 and UDP on :8081 inside the pod's network
-// namespace, answering "pod:" and what it got. The sockets are the test's
-// own, opened on a thread switched into the namespace (the pod's pause
-// process holds it), so no extra tool is needed in the pod.
+// namespace (its pause holds it), answering "pod:" and what it got.
 func podEcho(t *testing.T, pausePID int) {
 	t.Helper()
-	var l net.Listener
-	var pc net.PacketConn
-	err := ns.WithNetNSPath(fmt.Sprintf("/proc/%d/ns/net", pausePID), func(ns.NetNS) error {
-		var err error
-		if l, err = net.Listen("tcp4", ":8080"); err != nil {
-			return err
-		}
-		pc, err = net.ListenPacket("udp4", ":8081")
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen in the pod: %v", err)
-	}
-	t.Cleanup(func() { l.Close(); pc.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				c.Write(append([]byte("pod:"), b...))
-			}()
-		}
-	}()
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(append([]byte("pod:"), buf[:n]...), from)
-		}
-	}()
+	nettest.Echo(t, fmt.Sprintf("/proc/%d/ns/net", pausePID), ":8080", ":8081", "pod:")
 }
 
 // TestRootlessHostPorts: a rootless pod's TCP and UDP hostPorts answer on

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -15,8 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/containernetworking/plugins/pkg/ns"
 
 	"peapod/internal/nettest"
 	"peapod/netns"
@@ -132,44 +129,7 @@ func (rk *rkInstance) ports(t *testing.T) []rkPort {
 // namespace (where a pod IP would be), answering "child:" and what it got.
 func (rk *rkInstance) echo(t *testing.T) (tcpPort, udpPort int) {
 	t.Helper()
-	var l net.Listener
-	var pc net.PacketConn
-	err := ns.WithNetNSPath(fmt.Sprintf("/proc/%d/ns/net", rk.childPID), func(ns.NetNS) error {
-		var err error
-		if l, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			return err
-		}
-		pc, err = net.ListenPacket("udp4", "127.0.0.1:0")
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen in RootlessKit's namespace: %v", err)
-	}
-	t.Cleanup(func() { l.Close(); pc.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				c.Write(append([]byte("child:"), b...))
-			}()
-		}
-	}()
-	go func() {
-		buf := make([]byte, 1024)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(append([]byte("child:"), buf[:n]...), from)
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port, pc.LocalAddr().(*net.UDPAddr).Port
+	return nettest.Echo(t, fmt.Sprintf("/proc/%d/ns/net", rk.childPID), "127.0.0.1:0", "127.0.0.1:0", "child:")
 }
 
 func tcpMap(host, child int) netns.PortMapping {

@@ -8,6 +8,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 )
 
 // FreePort returns a port that was free on the host's wildcard address a
@@ -66,4 +68,51 @@ func AskUDP(addr string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no UDP reply from %s", addr)
+}
+
+// Echo serves TCP on tcpAddr and UDP on udpAddr ("127.0.0.1:0", ":8080")
+// inside the network namespace at nsPath, answering prefix and what it
+// got, until the test ends. The sockets are the test's own, opened on a
+// thread switched into the namespace, so the namespace needs no tools. It
+// returns the ports it listens on.
+func Echo(t testing.TB, nsPath, tcpAddr, udpAddr, prefix string) (tcpPort, udpPort int) {
+	t.Helper()
+	var l net.Listener
+	var pc net.PacketConn
+	err := ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
+		var err error
+		if l, err = net.Listen("tcp4", tcpAddr); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp4", udpAddr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen in %s: %v", nsPath, err)
+	}
+	t.Cleanup(func() { l.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, _ := io.ReadAll(c)
+				_, _ = c.Write(append([]byte(prefix), b...))
+			}()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(append([]byte(prefix), buf[:n]...), from)
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port, pc.LocalAddr().(*net.UDPAddr).Port
 }
