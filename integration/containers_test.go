@@ -109,17 +109,7 @@ func TestContainersOfAPodShareFilesNetworkAndLogs(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(shared, "written")); strings.TrimSpace(string(b)) != "from-client" {
 		t.Errorf("shared dir: %q", b)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, _ := os.ReadFile(filepath.Join(shared, "received"))
-		if strings.TrimSpace(string(b)) == "over-localhost" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server did not receive over localhost: %q", b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitFileHolds(t, filepath.Join(shared, "received"), "over-localhost", 10*time.Second)
 	// CRI log format.
 	time.Sleep(300 * time.Millisecond)
 	logb, err := os.ReadFile(filepath.Join(logDir, "server.log"))

@@ -330,6 +330,23 @@ type verbose struct {
 	} `json:"bandwidth"`
 }
 
+// waitFileHolds waits until the file at path holds want (spaces around
+// aside): what one container wrote for another to read.
+func waitFileHolds(t testing.TB, path, want string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.TrimSpace(string(b)) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s holds %q after %v, want %q", path, b, within, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // run runs a command and returns its combined output, failing the test on error.
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()

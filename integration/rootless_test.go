@@ -196,17 +196,7 @@ func TestRootlessContainers(t *testing.T) {
 	if fst.Uid == 0 || int(fst.Uid) == d.user.UID {
 		t.Errorf("file written by container uid 1000 has host uid %d", fst.Uid)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, _ := os.ReadFile(filepath.Join(shared, "received"))
-		if strings.TrimSpace(string(b)) == "over-localhost" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server did not receive over localhost: %q", b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitFileHolds(t, filepath.Join(shared, "received"), "over-localhost", 10*time.Second)
 	time.Sleep(300 * time.Millisecond)
 	logb, _ := os.ReadFile(filepath.Join(logDir, "server.log"))
 	if !strings.Contains(string(logb), " stdout F server-up") || !strings.Contains(string(logb), " stderr F done-serving") {
