@@ -46,7 +46,7 @@ func Detect() Mode {
 // ChildInfo is what a daemon in Child mode knows about its setting.
 type ChildInfo struct {
 	// User is the name of the user who owns the namespaces, UID their
-	// real uid (-1 when unknown, e.g. under unshare without our parent).
+	// real uid (-1 when the uid map does not say).
 	User string
 	UID  int
 	// Binder is the socket to the parent's binder (nil when the daemon
@@ -65,6 +65,8 @@ func ChildEnv() ChildInfo {
 	}
 	if v, err := strconv.Atoi(os.Getenv(envUID)); err == nil {
 		ci.UID = v
+	} else {
+		ci.UID = rootOutside() // RootlessKit, unshare: what uid 0 is outside
 	}
 	if fd, err := strconv.Atoi(os.Getenv(envBinderFD)); err == nil && fd > 2 {
 		ci.Binder = os.NewFile(uintptr(fd), "peapod-binder")
