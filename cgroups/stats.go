@@ -525,41 +525,32 @@ func dirGone(dir string, err error) bool {
 const v1Unlimited = uint64(1) << 62
 
 func (r reader) readV1(roots map[string]string, cgPath string, st *Stats) error {
+	hugetlb := func(dir, _ string, st *Stats) error {
+		r.hugetlb(dir, "usage_in_bytes", "max_usage_in_bytes", st)
+		return nil
+	}
+	// Each hierarchy's reader; the detailed ones only when asked for.
+	readers := []struct {
+		controller string
+		detail     bool
+		read       func(dir, cgPath string, st *Stats) error
+	}{
+		{"cpuacct", false, r.cpuV1},
+		{"memory", false, r.memoryV1},
+		{"pids", false, r.pids},
+		{"cpu", true, r.cpuControlV1},
+		{"blkio", true, r.blkioV1},
+		{"hugetlb", true, hugetlb},
+	}
 	seen := false
-	if root, ok := roots["cpuacct"]; ok {
+	for _, c := range readers {
+		root, ok := roots[c.controller]
+		if !ok || (c.detail && !r.detail) {
+			continue
+		}
 		seen = true
-		if err := r.cpuV1(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
+		if err := c.read(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
 			return err
-		}
-	}
-	if root, ok := roots["memory"]; ok {
-		seen = true
-		if err := r.memoryV1(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
-			return err
-		}
-	}
-	if root, ok := roots["pids"]; ok {
-		seen = true
-		if err := r.pids(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
-			return err
-		}
-	}
-	if r.detail {
-		if root, ok := roots["cpu"]; ok {
-			seen = true
-			if err := r.cpuControlV1(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
-				return err
-			}
-		}
-		if root, ok := roots["blkio"]; ok {
-			seen = true
-			if err := r.blkioV1(filepath.Join(root, cgPath), cgPath, st); err != nil && !notDelegated(root, cgPath, err) {
-				return err
-			}
-		}
-		if root, ok := roots["hugetlb"]; ok {
-			seen = true
-			r.hugetlb(filepath.Join(root, cgPath), "usage_in_bytes", "max_usage_in_bytes", st)
 		}
 	}
 	if !seen {
