@@ -298,51 +298,86 @@ func TestImagePullStatusRemoveAndByDigest(t *testing.T) {
 
 func TestKill9WithRunningContainersLosesNothing(t *testing.T) {
 	d, _, _ := containerDaemon(t)
-	logDir := t.TempDir()
-	type podInfo struct{ pod, ticker, quitter string }
-	var pods []podInfo
-	for i := 0; i < 5; i++ {
-		cfg := podConfig(fmt.Sprintf("survive-%d", i))
+	s := startSurvivors(t, d, 5, "survive", t.TempDir())
+	s.kill9(t)
+	d.start()
+	s.check(t)
+	for _, p := range s.pods {
+		d.stopRemove(t, p.pod)
+	}
+}
+
+// survivors are pods that go through a kill -9 of their daemon: each has
+// a container that keeps logging and one that exits while the daemon is
+// down.
+type survivors struct {
+	d        *daemon
+	logDir   string
+	pods     []survivor
+	before   []int64 // ticker log sizes when the daemon was killed
+	killedAt time.Time
+}
+
+type survivor struct{ pod, ip, ticker, quitter string }
+
+func startSurvivors(t *testing.T, d *daemon, n int, name, logDir string) *survivors {
+	t.Helper()
+	s := &survivors{d: d, logDir: logDir}
+	for i := 0; i < n; i++ {
+		cfg := podConfig(fmt.Sprintf("%s-%d", name, i))
 		cfg.LogDirectory = filepath.Join(logDir, fmt.Sprint(i))
 		pod := d.runPod(t, cfg)
+		st, _ := d.status(t, pod)
 		tick := d.createContainer(t, pod, cfg, busyboxContainer("ticker", "sh", "-c", "while true; do echo tick; sleep 0.1; done"))
 		d.startContainer(t, tick)
 		quit := d.createContainer(t, pod, cfg, busyboxContainer("quitter", "sh", "-c", "sleep 2; exit 42"))
 		d.startContainer(t, quit)
-		pods = append(pods, podInfo{pod, tick, quit})
+		s.pods = append(s.pods, survivor{pod, st.GetNetwork().GetIp(), tick, quit})
 	}
-	size := func(i int) int64 {
-		st, err := os.Stat(filepath.Join(logDir, fmt.Sprint(i), "ticker.log"))
-		if err != nil {
-			return 0
-		}
-		return st.Size()
+	return s
+}
+
+func (s *survivors) logSize(i int) int64 {
+	st, err := os.Stat(filepath.Join(s.logDir, fmt.Sprint(i), "ticker.log"))
+	if err != nil {
+		return 0
 	}
-	before := make([]int64, len(pods))
-	for i := range pods {
-		before[i] = size(i)
+	return st.Size()
+}
+
+// kill9 kills the daemon and waits while the quitters exit.
+func (s *survivors) kill9(t *testing.T) {
+	s.before = nil
+	for i := range s.pods {
+		s.before = append(s.before, s.logSize(i))
 	}
-	d.kill9()
-	killedAt := time.Now()
-	time.Sleep(3 * time.Second) // the quitters exit while the daemon is down
-	d.start()
-	for i, p := range pods {
-		if st := d.containerStatus(t, p.ticker); st.State != runtime.ContainerState_CONTAINER_RUNNING {
+	s.d.kill9()
+	s.killedAt = time.Now()
+	time.Sleep(3 * time.Second)
+}
+
+// check, after the restart: tickers run and their logs grew while the
+// daemon was down, quitters report exit 42 and a finish after the kill,
+// and the pods are ready with their IPs.
+func (s *survivors) check(t *testing.T) {
+	t.Helper()
+	for i, p := range s.pods {
+		if st := s.d.containerStatus(t, p.ticker); st.State != runtime.ContainerState_CONTAINER_RUNNING {
 			t.Errorf("pod %d ticker is %v after restart", i, st.State)
 		}
-		if size(i) <= before[i] {
-			t.Errorf("pod %d log did not grow while the daemon was down (%d -> %d)", i, before[i], size(i))
+		if size := s.logSize(i); size <= s.before[i] {
+			t.Errorf("pod %d log did not grow while the daemon was down (%d -> %d)", i, s.before[i], size)
 		}
-		st := d.containerStatus(t, p.quitter)
+		st := s.d.containerStatus(t, p.quitter)
 		if st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 42 {
 			t.Errorf("pod %d quitter: %v exit %d, want EXITED 42", i, st.State, st.ExitCode)
 		}
-		if time.Unix(0, st.FinishedAt).Before(killedAt) {
+		if time.Unix(0, st.FinishedAt).Before(s.killedAt) {
 			t.Errorf("pod %d quitter finished at %v, before the daemon was killed", i, time.Unix(0, st.FinishedAt))
 		}
-	}
-	for _, p := range pods {
-		d.stopRemove(t, p.pod)
+		if ps, _ := s.d.status(t, p.pod); ps.GetNetwork().GetIp() != p.ip || ps.State != runtime.PodSandboxState_SANDBOX_READY {
+			t.Errorf("pod %d after restart: %v ip %s, was %s", i, ps.State, ps.GetNetwork().GetIp(), p.ip)
+		}
 	}
 }
 

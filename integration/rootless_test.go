@@ -221,32 +221,9 @@ func TestRootlessContainers(t *testing.T) {
 // the same namespaces: the pods keep their IPs and stay reachable.
 func TestRootlessKill9KeepsPodsAndRestartJoinsThem(t *testing.T) {
 	d, _ := rootlessContainerDaemon(t)
-	logDir := d.userDir(t, "logs")
-	type podInfo struct{ pod, ip, ticker, quitter string }
-	var pods []podInfo
-	for i := 0; i < 2; i++ {
-		cfg := podConfig(fmt.Sprintf("rlk-%d", i))
-		cfg.LogDirectory = filepath.Join(logDir, strconv.Itoa(i))
-		pod := d.runPod(t, cfg)
-		st, _ := d.status(t, pod)
-		tick := d.createContainer(t, pod, cfg, busyboxContainer("ticker", "sh", "-c", "while true; do echo tick; sleep 0.1; done"))
-		d.startContainer(t, tick)
-		quit := d.createContainer(t, pod, cfg, busyboxContainer("quitter", "sh", "-c", "sleep 2; exit 42"))
-		d.startContainer(t, quit)
-		pods = append(pods, podInfo{pod, st.GetNetwork().GetIp(), tick, quit})
-	}
-	size := func(i int) int64 {
-		st, err := os.Stat(filepath.Join(logDir, strconv.Itoa(i), "ticker.log"))
-		if err != nil {
-			return 0
-		}
-		return st.Size()
-	}
+	s := startSurvivors(t, d, 2, "rlk", d.userDir(t, "logs"))
 	holder := d.holder(t)
-	before := []int64{size(0), size(1)}
-	d.kill9()
-	killedAt := time.Now()
-	time.Sleep(3 * time.Second)
+	s.kill9(t)
 	if !processRuns(holder) {
 		t.Fatalf("namespace holder %d died with the daemon", holder)
 	}
@@ -254,29 +231,14 @@ func TestRootlessKill9KeepsPodsAndRestartJoinsThem(t *testing.T) {
 	if h := d.holder(t); h != holder {
 		t.Errorf("restarted instance made new namespaces (holder %d, was %d)", h, holder)
 	}
-	for i, p := range pods {
-		if st := d.containerStatus(t, p.ticker); st.State != runtime.ContainerState_CONTAINER_RUNNING {
-			t.Errorf("pod %d ticker is %v after restart", i, st.State)
-		}
-		if size(i) <= before[i] {
-			t.Errorf("pod %d log did not grow while the daemon was down (%d -> %d)", i, before[i], size(i))
-		}
-		st := d.containerStatus(t, p.quitter)
-		if st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 42 {
-			t.Errorf("pod %d quitter: %v exit %d, want EXITED 42", i, st.State, st.ExitCode)
-		}
-		if time.Unix(0, st.FinishedAt).Before(killedAt) {
-			t.Errorf("pod %d quitter finished at %v, before the daemon was killed", i, time.Unix(0, st.FinishedAt))
-		}
-		if ps, _ := d.status(t, p.pod); ps.GetNetwork().GetIp() != p.ip || ps.State != runtime.PodSandboxState_SANDBOX_READY {
-			t.Errorf("pod %d after restart: %v ip %s, was %s", i, ps.State, ps.GetNetwork().GetIp(), p.ip)
-		}
+	s.check(t)
+	for i, p := range s.pods {
 		if out, err := d.hostCmd(t, "ping", "-c1", "-W2", p.ip).CombinedOutput(); err != nil {
 			t.Errorf("pod %d unreachable after restart: %v: %s", i, err, out)
 		}
 	}
 	assertNothingRunsAsRoot(t, d)
-	for _, p := range pods {
+	for _, p := range s.pods {
 		d.stopRemove(t, p.pod)
 	}
 }
