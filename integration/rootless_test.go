@@ -17,6 +17,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"peapod/integration/flowmeter"
+	"peapod/internal/procfs"
 )
 
 // userNamespaceOf returns the user namespace of pid, as the link text.
@@ -224,7 +225,7 @@ func TestRootlessKill9KeepsPodsAndRestartJoinsThem(t *testing.T) {
 	s := startSurvivors(t, d, 2, "rlk", d.userDir(t, "logs"))
 	holder := d.holder(t)
 	s.kill9(t)
-	if !processRuns(holder) {
+	if !procfs.Running(holder) {
 		t.Fatalf("namespace holder %d died with the daemon", holder)
 	}
 	d.start()
@@ -241,16 +242,6 @@ func TestRootlessKill9KeepsPodsAndRestartJoinsThem(t *testing.T) {
 	for _, p := range s.pods {
 		d.stopRemove(t, p.pod)
 	}
-}
-
-// processRuns tells whether pid is alive and not a zombie.
-func processRuns(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i > 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
 }
 
 // TestRootlessStats: with the delegated cgroup subtree, a rootless

@@ -36,9 +36,12 @@ func Alive(pid int, startTime uint64) bool {
 		return false
 	}
 	st, err := StartTime(pid)
-	if err != nil || st != startTime {
-		return false
-	}
+	return err == nil && st == startTime && Running(pid)
+}
+
+// Running reports whether pid exists and is not a zombie: PID 1 on some
+// machines never reaps, so a dead process can linger as one.
+func Running(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return false
