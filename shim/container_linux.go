@@ -20,6 +20,8 @@ import (
 	"github.com/opencontainers/runc/libcontainer/system"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/atomicfile"
 )
 
 // ioDrainTimeout bounds how long an exit waits for the last output: a
@@ -430,29 +432,13 @@ func readState(dir, id string) (ContainerState, error) {
 	return st, nil
 }
 
-// writeJSONFile replaces path atomically (write, fsync, rename).
+// writeJSONFile replaces path atomically (internal/atomicfile).
 func writeJSONFile(path string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(path, b, 0o600)
 }
 
 func intGIDs(gids []uint32) []int {
