@@ -118,10 +118,16 @@ func startDaemon(t testing.TB, opts ...daemonOpt) *daemon {
 			parent = d.cgroupParent(t)
 		}
 		d.stop()
-		// A daemon that stops with no pods leaves no cgroup parent.
+		// A daemon that stops with no pods leaves no cgroup parent, and
+		// no masquerade rule of its network.
 		if parent != "" {
 			if left, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent)); len(left) > 0 {
 				t.Errorf("instance cgroup parent left after shutdown: %v", left)
+			}
+			if out, err := exec.Command("iptables-save", "-t", "nat").Output(); err == nil && d.user == nil {
+				if strings.Contains(string(out), `"peapod network `+d.Bridge+`"`) {
+					t.Errorf("masquerade rule of network %s left after shutdown", d.Bridge)
+				}
 			}
 		}
 		_ = exec.Command("ip", "link", "del", d.Bridge).Run()
@@ -418,7 +424,8 @@ func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 	// NAT rules the CNI plugins made (masquerade, hostPorts), by network name.
 	if out, err := d.hostCmd(t, "iptables-save", "-t", "nat").CombinedOutput(); err == nil {
 		for _, l := range strings.Split(string(out), "\n") {
-			if strings.Contains(l, "CNI-") && (strings.HasPrefix(l, "-A") || strings.HasPrefix(l, ":")) && strings.Contains(l, d.Bridge) {
+			cni := strings.Contains(l, "CNI-") && (strings.HasPrefix(l, "-A") || strings.HasPrefix(l, ":")) && strings.Contains(l, d.Bridge)
+			if cni || strings.Contains(l, `"peapod network `+d.Bridge+`"`) {
 				s["iptables"] = append(s["iptables"], l)
 			}
 		}

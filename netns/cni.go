@@ -48,6 +48,11 @@ type Network struct {
 	list     *libcni.NetworkConfigList
 	embedded bool
 	loadErr  error
+
+	// masqMu guards masqDone: the embedded network's masquerade chain is
+	// in place (masq_linux.go).
+	masqMu   sync.Mutex
+	masqDone bool
 }
 
 // NewNetwork validates cfg and loads the network configuration.
@@ -80,7 +85,9 @@ func NewNetwork(cfg NetworkConfig) (*Network, error) {
 //
 // portmap is part of the network, but a pod without hostPorts is attached
 // without it: portmap has nothing to do for such a pod on ADD, yet its DEL
-// runs iptables every time, which dominated StopPodSandbox.
+// runs iptables every time, which dominated StopPodSandbox. For the same
+// reason the bridge does not masquerade per pod: one chain for the subnet
+// does it for all (masq_linux.go).
 func (n *Network) embeddedConfList() []byte { return n.embeddedConfListFor(true) }
 
 func (n *Network) embeddedConfListFor(withPortmap bool) []byte {
@@ -90,7 +97,7 @@ func (n *Network) embeddedConfListFor(withPortmap bool) []byte {
 			"type":        "bridge",
 			"bridge":      n.cfg.DefaultBridge,
 			"isGateway":   true,
-			"ipMasq":      true,
+			"ipMasq":      false,
 			"hairpinMode": true,
 			"ipam": map[string]any{
 				"type":    "host-local",
@@ -230,7 +237,7 @@ type Attachment struct {
 	Result      json.RawMessage `json:"result,omitempty"`
 	IPs         []string        `json:"ips,omitempty"`
 	Embedded    bool            `json:"embedded,omitempty"`
-	LoopbackUp  bool            `json:"loopbackUp,omitempty"`
+	LoopbackUp  bool            `json:"loopbackUp,omitempty"` // lo was set up by the loopback plugin (peapod before 2026-11-27), so DEL runs it
 	LastDelFail string          `json:"lastDelFailure,omitempty"`
 }
 
@@ -297,25 +304,21 @@ func (n *Network) Attach(ctx context.Context, att *Attachment, id, netnsPath str
 	if err != nil {
 		return fmt.Errorf("CNI config of %s: %w", att.Network, err)
 	}
-	// The loopback and the pod interface are independent: attach both at
-	// once, which hides the cost of one plugin exec.
-	lo := loopbackList()
-	loErr := make(chan error, 1)
-	go func() {
-		_, err := n.cni.AddNetworkList(ctx, lo, att.runtimeConf(id, netnsPath, "lo"))
-		loErr <- err
-	}()
-	res, err := n.cni.AddNetworkList(ctx, list, att.runtimeConf(id, netnsPath, att.IfName))
-	if lerr := <-loErr; lerr != nil && err == nil {
-		err = fmt.Errorf("CNI loopback ADD: %w", lerr)
-		res = nil
+	if att.Embedded {
+		if err := n.ensureMasquerade(); err != nil {
+			return err
+		}
 	}
-	att.LoopbackUp = true
+	// The loopback device is brought up here, not by the loopback plugin:
+	// it is one flag of one device in a namespace nobody else uses, and
+	// the plugin's exec competed with the bridge plugin's for the CPU.
+	if err := LoopbackUp(netnsPath); err != nil {
+		return err
+	}
+	res, err := n.cni.AddNetworkList(ctx, list, att.runtimeConf(id, netnsPath, att.IfName))
 	if err != nil {
 		// ADD failed half-way: the spec says the runtime must DEL.
 		_ = n.cni.DelNetworkList(context.WithoutCancel(ctx), list, att.runtimeConf(id, netnsPath, att.IfName))
-		_ = n.cni.DelNetworkList(context.WithoutCancel(ctx), lo, att.runtimeConf(id, netnsPath, "lo"))
-		att.LoopbackUp = false
 		return fmt.Errorf("CNI ADD to network %s: %w", att.Network, err)
 	}
 	cur, err := current.NewResultFromResult(res)
@@ -348,9 +351,11 @@ func (n *Network) Detach(ctx context.Context, att *Attachment, id, netnsPath str
 	if len(att.Result) > 0 {
 		n.restoreCache(list, att, id, netnsPath)
 	}
+	// Only attachments made by an older peapod had the loopback plugin's
+	// ADD, which wants its DEL.
 	loErr := make(chan error, 1)
 	go func() {
-		if netnsPath == "" {
+		if netnsPath == "" || !att.LoopbackUp {
 			loErr <- nil
 			return
 		}

@@ -194,6 +194,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 	t.mu.Unlock()
 	defer ce.op.Unlock()
 
+	st := newSteps()
 	img, err := m.cfg.Images.Get(cfg.Image)
 	if err != nil {
 		m.dropContainer(ce, id)
@@ -217,6 +218,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 		m.dropContainer(ce, id)
 		return "", err
 	}
+	st.mark("record")
 	cid := id // the named result is cleared by `return "", err`
 	defer func() {
 		if err != nil {
@@ -229,6 +231,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 	if err != nil {
 		return "", fmt.Errorf("container rootfs: %w", err)
 	}
+	st.mark("rootfs")
 	spec, err := shimSpec(sb, c, img, rootfs)
 	if err != nil {
 		return "", err
@@ -239,10 +242,12 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 			return "", fmt.Errorf("log directory: %w", err)
 		}
 	}
+	st.mark("spec")
 	client, err := m.shimFor(ctx, sb, true)
 	if err != nil {
 		return "", err
 	}
+	st.mark("shim")
 	if err := client.CreateContainer(ctx, spec); err != nil {
 		_ = client.Delete(context.WithoutCancel(ctx), cid)
 		if errors.Is(err, shim.ErrInvalid) {
@@ -250,11 +255,14 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 		}
 		return "", fmt.Errorf("create container: %w", err)
 	}
+	st.mark("create")
 	c.State = ContainerCreated
 	c.RootfsReady = true
 	if err := m.saveContainer(c); err != nil {
 		return "", err
 	}
+	st.mark("created")
+	st.log(m.log, "CreateContainer steps", id)
 	m.publishContainer(ce, c)
 	return id, nil
 }
@@ -649,6 +657,11 @@ func (m *Manager) removePodContainers(ctx context.Context, sb *Sandbox) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	return m.shutdownShim(ctx, sb)
+}
+
+// shutdownShim stops the pod's shim, if one runs.
+func (m *Manager) shutdownShim(ctx context.Context, sb *Sandbox) error {
 	t := m.ctable()
 	t.shimMu.Lock()
 	client := t.shims[sb.ID]

@@ -136,6 +136,26 @@ func (m *Manager) Close() {
 		close(m.stopRetry)
 		<-m.retryDone
 	}
+	// The host's rules of the embedded network go with the last pod
+	// attached to it; running pods keep them after the daemon is gone.
+	if m.cfg.Network != nil && !m.anyAttached() {
+		if err := m.cfg.Network.ReleaseHostRules(); err != nil {
+			m.log.Warn("remove the network's host rules", "err", err)
+		}
+	}
+}
+
+// anyAttached says whether some sandbox is (or may still be) attached to
+// a network.
+func (m *Manager) anyAttached() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range m.sandboxes {
+		if e.rec != nil && !e.removed && (e.rec.Network != nil || e.rec.State == StateCreating) {
+			return true
+		}
+	}
+	return false
 }
 
 func newID() string {

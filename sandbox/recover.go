@@ -39,6 +39,10 @@ func (m *Manager) recover(ctx context.Context) error {
 		switch rec.State {
 		case StateCreating:
 			m.log.Info("rolling back sandbox interrupted during creation", "sandbox", rec.ID)
+			// Its shim may have been started already (with the network).
+			if err := m.shutdownShim(ctx, rec); err != nil {
+				m.log.Warn("stop the shim of an interrupted sandbox", "sandbox", rec.ID, "err", err)
+			}
 			if err := m.teardown(ctx, e, rec); err != nil || rec.NetworkDetachPending {
 				rec.State = StateNotReady
 				rec.Reason = "daemon restarted during creation; cleanup incomplete"

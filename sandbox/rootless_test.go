@@ -250,10 +250,14 @@ func TestRootlessChildPodLifecycle(t *testing.T) {
 	if err := unix.Statfs(filepath.Join(sb.Dir, shmDir), &st); err != nil || st.Type != unix.TMPFS_MAGIC {
 		t.Errorf("pod shm not a tmpfs: %v", err)
 	}
-	// Network: the bridge plugin's masquerade, the pod reachable from
-	// the daemon's namespace, shaping with an IFB.
-	if !strings.Contains(natRules(t), id) {
-		t.Errorf("no masquerade rule for the pod:\n%s", natRules(t))
+	// Network: the network's masquerade, the pod reachable from the
+	// daemon's namespace, shaping with an IFB.
+	hasMasq := func() bool {
+		r := natRules(t)
+		return strings.Contains(r, `"peapod network peapod"`) && strings.Contains(r, "-j MASQUERADE")
+	}
+	if !hasMasq() {
+		t.Errorf("no masquerade rule for the pod's network:\n%s", natRules(t))
 	}
 	if out, err := exec.Command("ping", "-c", "1", "-W", "2", sb.IP()).CombinedOutput(); err != nil {
 		t.Errorf("ping the pod at %s: %v\n%s", sb.IP(), err, out)
@@ -270,8 +274,12 @@ func TestRootlessChildPodLifecycle(t *testing.T) {
 		t.Errorf("qdiscs of the host veth:\n%s", qd)
 	}
 
-	// Restart: the pod keeps running and the new manager recovers it.
+	// Restart: the pod keeps running (and its network's masquerade
+	// stays) and the new manager recovers it.
 	m.Close()
+	if !hasMasq() {
+		t.Errorf("masquerade removed while a pod is attached:\n%s", natRules(t))
+	}
 	m = e.manager()
 	sb, err = m.Get(id)
 	if err != nil || sb.State != StateReady || sb.Pause.PID != pausePid || !pauseAlive(sb.Pause) {
@@ -294,8 +302,8 @@ func TestRootlessChildPodLifecycle(t *testing.T) {
 	if _, err := netlink.LinkByName(sb.Shaping.HostVeth); err == nil {
 		t.Errorf("host veth %s left", sb.Shaping.HostVeth)
 	}
-	if strings.Contains(natRules(t), id) {
-		t.Errorf("masquerade rule left:\n%s", natRules(t))
+	if strings.Contains(natRules(t), "CNI-") {
+		t.Errorf("CNI rules left:\n%s", natRules(t))
 	}
 	if _, err := os.Stat(sb.Dir); !os.IsNotExist(err) {
 		t.Errorf("sandbox dir %s left: %v", sb.Dir, err)
@@ -306,6 +314,9 @@ func TestRootlessChildPodLifecycle(t *testing.T) {
 		}
 	}
 	m.Close()
+	if hasMasq() {
+		t.Errorf("masquerade left after the last pod and the daemon are gone:\n%s", natRules(t))
+	}
 	if err := m.RemoveCgroupParentIfEmpty(); err != nil {
 		t.Errorf("remove the default cgroup parent: %v", err)
 	}

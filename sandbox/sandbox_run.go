@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -61,10 +62,21 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (string, error) {
 
 // create performs the steps of RunPodSandbox in order. Any failure undoes
 // everything through the same teardown that Stop and Remove use.
+//
+// Once the pause holds the pinned namespaces, the steps that only wait on
+// the kernel or on other programs run side by side: the CNI ADD (plugin
+// execs), the pause's move into its cgroups (on cgroup v1 each move waits
+// for an RCU grace period, several milliseconds), and the namespaces'
+// own settings with the start of the pod's shim.
 func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error) {
+	st := newSteps()
 	defer func() {
 		if err == nil {
+			st.log(m.log, "RunPodSandbox steps", rec.ID)
 			return
+		}
+		if serr := m.shutdownShim(context.WithoutCancel(ctx), rec); serr != nil {
+			m.log.Warn("stop the shim of a failed sandbox", "sandbox", rec.ID, "err", serr)
 		}
 		if terr := m.teardown(ctx, e, rec); terr != nil || rec.NetworkDetachPending {
 			// The undo itself failed: keep the sandbox, NotReady, so that a
@@ -80,6 +92,7 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	if err := m.store.save(rec); err != nil {
 		return err
 	}
+	st.mark("record")
 
 	// Pod cgroup.
 	cg, err := m.cgroups.CreatePodCgroup(rec.Spec.CgroupParent, rec.ID)
@@ -90,6 +103,7 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 		return fmt.Errorf("pod cgroup: %w", err)
 	}
 	rec.Cgroup = &cg
+	st.mark("cgroup")
 
 	// The attachment is recorded before the ADD (with the pause, in one
 	// write), so a daemon that dies during the ADD still runs the DEL.
@@ -100,30 +114,50 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	}
 
 	// Pause with the pod's namespaces, pinned at once.
-	if err := m.startPodPause(e, rec); err != nil {
+	inCgroup, err := m.startPodPause(e, rec)
+	if err != nil {
 		return err
 	}
+	st.mark("pause")
 
 	// Network and shaping. Not persisted until the sandbox is ready:
 	// teardown finds the CNI result in libcni's cache and the IFB by name.
-	if rec.Spec.NetworkMode != ModeNode {
-		if err := m.attachNetwork(ctx, e, rec); err != nil {
-			return err
+	var netErr, cgErr, nsErr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if rec.Spec.NetworkMode != ModeNode {
+			netErr = m.attachNetwork(ctx, e, rec)
 		}
-	}
-	if err := m.publishPorts(rec); err != nil {
+	})
+	wg.Go(func() {
+		if !inCgroup {
+			if err := rec.Cgroup.AddPause(rec.Pause.PID); err != nil {
+				cgErr = fmt.Errorf("move pause into pod cgroup: %w", err)
+			}
+		}
+	})
+	wg.Go(func() {
+		if nsErr = configurePodNamespaces(rec.Namespaces, hostnameFor(rec), rec.Spec.Sysctls); nsErr != nil {
+			return
+		}
+		if nsErr = mountShm(rec.Dir); nsErr != nil {
+			return
+		}
+		m.prestartShim(ctx, rec)
+	})
+	wg.Wait()
+	if err := errors.Join(netErr, cgErr, nsErr); err != nil {
 		return err
 	}
+	st.mark("network")
 
-	if err := configurePodNamespaces(rec.Namespaces, hostnameFor(rec), rec.Spec.Sysctls); err != nil {
+	if err := m.publishPorts(rec); err != nil {
 		return err
 	}
 	if err := writePodFiles(rec.Dir, hostnameFor(rec), rec.IP(), rec.Spec.DNS); err != nil {
 		return err
 	}
-	if err := mountShm(rec.Dir); err != nil {
-		return err
-	}
+	st.mark("files")
 
 	rec.State = StateReady
 	if err := m.persist(e, rec); err != nil {
@@ -133,7 +167,20 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	if err := watchPause(&p, func() { m.onPauseExit(rec.ID, p) }); err != nil {
 		m.log.Warn("cannot watch pause process", "sandbox", rec.ID, "err", err)
 	}
+	st.mark("ready")
 	return nil
+}
+
+// prestartShim starts the pod's shim while the network is being attached,
+// so that the first CreateContainer finds it running. A failure here is
+// only logged: CreateContainer tries again and reports it.
+func (m *Manager) prestartShim(ctx context.Context, rec *Sandbox) {
+	if m.cfg.Images == nil {
+		return // a daemon without container support has no shims
+	}
+	if _, err := m.shimFor(ctx, rec, true); err != nil {
+		m.log.Warn("start the pod's shim", "sandbox", rec.ID, "err", err)
+	}
 }
 
 // hostnameFor is the pod's hostname: the requested one, else the node's
@@ -165,14 +212,18 @@ func podNamespaceKinds(spec *Spec) (kinds []netns.Kind, flags uintptr) {
 	return kinds, flags
 }
 
-func (m *Manager) startPodPause(e *entry, rec *Sandbox) error {
+// startPodPause starts the pause in the pod's new namespaces, pins them and
+// records both before it lets the pause go on (the release pipe).
+// It reports whether the pause was born in its cgroup (clone3 into a v2
+// cgroup); otherwise the caller moves it there.
+func (m *Manager) startPodPause(e *entry, rec *Sandbox) (inCgroup bool, err error) {
 	if err := os.MkdirAll(rec.Dir, 0o711); err != nil {
-		return fmt.Errorf("sandbox dir: %w", err)
+		return false, fmt.Errorf("sandbox dir: %w", err)
 	}
 	kinds, flags := podNamespaceKinds(&rec.Spec)
 	cgfd, err := rec.Cgroup.PauseCgroupFD()
 	if err != nil {
-		return fmt.Errorf("pod cgroup: %w", err)
+		return false, fmt.Errorf("pod cgroup: %w", err)
 	}
 	if cgfd >= 0 {
 		defer syscall.Close(cgfd)
@@ -182,29 +233,24 @@ func (m *Manager) startPodPause(e *entry, rec *Sandbox) error {
 	// unrecorded pause can outlive us.
 	release, err := newReleasePipe()
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer release.abort()
 	cmd, pause, err := startPauseWithPipe(m.cfg.PauseBinary, flags, cgfd, release)
 	if err != nil {
-		return err
+		return false, err
 	}
 	go func() { _ = cmd.Wait() }() // reap; exits are seen through the pidfd watch
 	rec.Pause = pause
-	if cgfd < 0 {
-		if err := rec.Cgroup.AddPause(pause.PID); err != nil {
-			return fmt.Errorf("move pause into pod cgroup: %w", err)
-		}
-	}
 	pins, err := netns.Pin(pause.PID, kinds, filepath.Join(rec.Dir, nsDir))
 	if err != nil {
-		return err
+		return false, err
 	}
 	rec.Namespaces = pins
 	if err := m.persist(e, rec); err != nil {
-		return err
+		return false, err
 	}
-	return release.release()
+	return cgfd >= 0, release.release()
 }
 
 // releasePipe hands the pause its go-ahead.

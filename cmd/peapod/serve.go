@@ -249,6 +249,9 @@ func serve(args []string) error {
 	if err := network.Ready(); err != nil {
 		log.Warn("pod network not ready; pods cannot start until it is", "err", err)
 	}
+	if err := network.InstallHostRules(); err != nil {
+		log.Warn("pod masquerade not in place yet; the first pod retries it", "err", err)
+	}
 	images, err := image.Open(image.Config{Root: filepath.Join(cfg.Root, "images"), RegistryConfigDir: cfg.RegistryConfigDir, Log: log})
 	if err != nil {
 		return fmt.Errorf("image store: %w", err)

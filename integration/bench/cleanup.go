@@ -287,8 +287,10 @@ func deleteLink(name string) error {
 // made and that a CNI DEL did not (because a daemon died before it could
 // call it). The bridge plugin marks every ipMasq rule with the comment
 // `name: "<network>" id: "<container>"`, and portmap does the same for its
-// per-pod chains, so the network's name picks out exactly ours. Rules in
-// the built-in chains are deleted, then the per-pod chains they jump to.
+// per-pod chains, so the network's name picks out exactly ours. peapod's
+// embedded network masquerades with one chain of its own, whose jump has
+// the comment `peapod network <network>`. Rules in the built-in chains are
+// deleted, then the chains they jump to.
 func removeCNIIptables(network string) error {
 	var errs []error
 	for _, table := range []string{"nat", "filter"} {
@@ -296,20 +298,19 @@ func removeCNIIptables(network string) error {
 		if err != nil {
 			return fmt.Errorf("iptables-save -t %s: %w", table, err)
 		}
-		marker := `name: \"` + network + `\"`
 		chains := map[string]bool{}
 		for _, line := range strings.Split(string(out), "\n") {
-			if !strings.HasPrefix(line, "-A ") || !strings.Contains(line, marker) {
+			if !strings.HasPrefix(line, "-A ") || !marksNetwork(line, network) {
 				continue
 			}
 			args := splitIptablesLine(line)
 			chain := args[1]
 			for i, a := range args {
-				if (a == "-j" || a == "-g") && i+1 < len(args) && strings.HasPrefix(args[i+1], "CNI-") {
+				if (a == "-j" || a == "-g") && i+1 < len(args) && ownChain(args[i+1]) {
 					chains[args[i+1]] = true
 				}
 			}
-			if strings.HasPrefix(chain, "CNI-") {
+			if ownChain(chain) {
 				chains[chain] = true
 				continue
 			}
@@ -332,12 +333,27 @@ func removeCNIIptables(network string) error {
 	return errors.Join(errs...)
 }
 
+// marksNetwork says whether an iptables-save line carries network's
+// comment: the CNI plugins' or peapod's masquerade jump.
+func marksNetwork(line, network string) bool {
+	return strings.Contains(line, `name: \"`+network+`\"`) || strings.Contains(line, `"peapod network `+network+`"`)
+}
+
+// ownChain says whether a chain is one the plugins or peapod make.
+func ownChain(chain string) bool {
+	return strings.HasPrefix(chain, "CNI-") || strings.HasPrefix(chain, "PEAPOD-MASQ-")
+}
+
 // cniIptablesRules counts the rules still marked with network's name.
 func cniIptablesRules(network string) int {
 	n := 0
 	for _, table := range []string{"nat", "filter"} {
 		out, _ := exec.Command("iptables-save", "-t", table).Output()
-		n += strings.Count(string(out), `name: \"`+network+`\"`)
+		for _, line := range strings.Split(string(out), "\n") {
+			if marksNetwork(line, network) {
+				n++
+			}
+		}
 	}
 	return n
 }
