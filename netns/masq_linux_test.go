@@ -183,7 +183,6 @@ func TestMasqueradeRewritesEgressOnly(t *testing.T) {
 	}
 }
 
-
 func TestLoopbackUp(t *testing.T) {
 	cmd := startInNewNamespaces(t)
 	pins, err := Pin(cmd.Process.Pid, []Kind{Net}, filepath.Join(t.TempDir(), "ns"))
