@@ -71,7 +71,7 @@ func writePodFiles(dir, hostname, ip string, dns *DNSConfig) error {
 		hostsFile:    hostsContent(hostname, ip),
 	}
 	for name, content := range files {
-		if err := atomicfile.WriteFile(filepath.Join(dir, name), content, 0o644); err != nil {
+		if err := atomicfile.Replace(filepath.Join(dir, name), content, 0o644); err != nil {
 			return fmt.Errorf("write pod %s: %w", name, err)
 		}
 	}

@@ -87,6 +87,21 @@ func startPeapod(ctx context.Context, env *benchEnv, cl *cleanups) (*target, err
 		return c.removeAllPods(2 * time.Minute)
 	})
 	t := &target{name: "peapod", cri: c, daemon: d, network: peapodNetwork}
+	// The pod's shim starts with the sandbox (not as the pause's parent):
+	// it is the process whose --dir is the sandbox's shim dir.
+	t.extraPodProcs = func(id string, procs map[int]*procInfo) []*procInfo {
+		dir := filepath.Join(state, "sandboxes", id, "shim")
+		var shims []*procInfo
+		for _, p := range procs {
+			for i, a := range p.argv {
+				if a == "--dir" && i+1 < len(p.argv) && p.argv[i+1] == dir {
+					shims = append(shims, p)
+					break
+				}
+			}
+		}
+		return shims
+	}
 	if t.version, err = c.version(ctx); err != nil {
 		return nil, fmt.Errorf("peapod Version: %w", err)
 	}

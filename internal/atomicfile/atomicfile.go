@@ -9,8 +9,31 @@ import (
 )
 
 // WriteFile writes data to a temporary file in the same directory, syncs
-// it, renames it over path and syncs the directory.
+// it and renames it over path. A new file's directory is synced too, so
+// the name survives a power loss; a replaced file's is not: until the
+// file system commits the rename (seconds), a power loss leaves the old
+// content, which is as consistent as the new, and the sync would cost
+// about a millisecond on every update of a record.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
+	_, err := os.Lstat(path)
+	existed := err == nil
+	if err := write(path, data, perm, true); err != nil {
+		return err
+	}
+	if existed {
+		return nil
+	}
+	return SyncDir(filepath.Dir(path))
+}
+
+// Replace is WriteFile without any sync: still never a torn file for a
+// process that dies, but no promise across a power loss. It is for files
+// of the runtime state dir (/run), which a reboot empties anyway.
+func Replace(path string, data []byte, perm os.FileMode) error {
+	return write(path, data, perm, false)
+}
+
+func write(path string, data []byte, perm os.FileMode, sync bool) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -26,17 +49,16 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if sync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return SyncDir(dir)
+	return os.Rename(tmp, path)
 }
 
 // SyncDir makes a directory's entries (a rename, a removal) durable.
