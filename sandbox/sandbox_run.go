@@ -94,16 +94,41 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	}
 	st.mark("record")
 
-	// Pod cgroup.
-	cg, err := m.cgroups.CreatePodCgroup(rec.Spec.CgroupParent, rec.ID)
-	if err != nil {
-		if errors.Is(err, cgroups.ErrInvalidParent) {
-			return fmt.Errorf("%w: %v", ErrInvalid, err)
+	// Pod cgroup and pause. On cgroup v2 (cgroupfs) the pause is born in
+	// its cgroup, which must exist first; elsewhere it joins its cgroups
+	// later anyway, so it starts while they are being made.
+	var release *releasePipe
+	inCgroup := m.cgroups.PauseBornInCgroup()
+	if inCgroup {
+		if err := m.createPodCgroup(rec); err != nil {
+			return err
 		}
-		return fmt.Errorf("pod cgroup: %w", err)
+		cgfd, err := rec.Cgroup.PauseCgroupFD()
+		if err != nil {
+			return fmt.Errorf("pod cgroup: %w", err)
+		}
+		inCgroup = cgfd >= 0
+		release, err = m.launchPause(rec, cgfd)
+		if cgfd >= 0 {
+			syscall.Close(cgfd)
+		}
+		if err != nil {
+			return err
+		}
+	} else {
+		cgDone := make(chan error, 1)
+		go func() { cgDone <- m.createPodCgroup(rec) }()
+		var perr error
+		release, perr = m.launchPause(rec, -1)
+		if err := errors.Join(<-cgDone, perr); err != nil {
+			if release != nil {
+				release.abort()
+			}
+			return err
+		}
 	}
-	rec.Cgroup = &cg
-	st.mark("cgroup")
+	defer release.abort()
+	st.mark("cgroup+pause")
 
 	// The attachment is recorded before the ADD (with the pause, in one
 	// write), so a daemon that dies during the ADD still runs the DEL.
@@ -112,13 +137,13 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 			return err
 		}
 	}
-
-	// Pause with the pod's namespaces, pinned at once.
-	inCgroup, err := m.startPodPause(e, rec)
-	if err != nil {
+	if err := m.persist(e, rec); err != nil {
 		return err
 	}
-	st.mark("pause")
+	if err := release.release(); err != nil {
+		return err
+	}
+	st.mark("recorded")
 
 	// Network and shaping. Not persisted until the sandbox is ready:
 	// teardown finds the CNI result in libcni's cache and the IFB by name.
@@ -171,6 +196,19 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	return nil
 }
 
+// createPodCgroup makes the pod's cgroup and records it in rec.
+func (m *Manager) createPodCgroup(rec *Sandbox) error {
+	cg, err := m.cgroups.CreatePodCgroup(rec.Spec.CgroupParent, rec.ID)
+	if err != nil {
+		if errors.Is(err, cgroups.ErrInvalidParent) {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		return fmt.Errorf("pod cgroup: %w", err)
+	}
+	rec.Cgroup = &cg
+	return nil
+}
+
 // prestartShim starts the pod's shim while the network is being attached,
 // so that the first CreateContainer finds it running. A failure here is
 // only logged: CreateContainer tries again and reports it.
@@ -212,45 +250,34 @@ func podNamespaceKinds(spec *Spec) (kinds []netns.Kind, flags uintptr) {
 	return kinds, flags
 }
 
-// startPodPause starts the pause in the pod's new namespaces, pins them and
-// records both before it lets the pause go on (the release pipe).
-// It reports whether the pause was born in its cgroup (clone3 into a v2
-// cgroup); otherwise the caller moves it there.
-func (m *Manager) startPodPause(e *entry, rec *Sandbox) (inCgroup bool, err error) {
+// launchPause starts the pause in the pod's new namespaces and pins them.
+// The pause waits on the returned release pipe until its record is on disk:
+// if the daemon dies before that, the pause sees EOF and exits, so no
+// unrecorded pause can outlive us. The caller persists, then releases (or
+// aborts). cgfd ≥ 0 starts the pause straight in that cgroup.
+func (m *Manager) launchPause(rec *Sandbox, cgfd int) (*releasePipe, error) {
 	if err := os.MkdirAll(rec.Dir, 0o711); err != nil {
-		return false, fmt.Errorf("sandbox dir: %w", err)
+		return nil, fmt.Errorf("sandbox dir: %w", err)
 	}
 	kinds, flags := podNamespaceKinds(&rec.Spec)
-	cgfd, err := rec.Cgroup.PauseCgroupFD()
-	if err != nil {
-		return false, fmt.Errorf("pod cgroup: %w", err)
-	}
-	if cgfd >= 0 {
-		defer syscall.Close(cgfd)
-	}
-	// The pause blocks on this pipe until its record is on disk: if the
-	// daemon dies before that, the pause sees EOF and exits, so no
-	// unrecorded pause can outlive us.
 	release, err := newReleasePipe()
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	defer release.abort()
 	cmd, pause, err := startPauseWithPipe(m.cfg.PauseBinary, flags, cgfd, release)
 	if err != nil {
-		return false, err
+		release.abort()
+		return nil, err
 	}
 	go func() { _ = cmd.Wait() }() // reap; exits are seen through the pidfd watch
 	rec.Pause = pause
 	pins, err := netns.Pin(pause.PID, kinds, filepath.Join(rec.Dir, nsDir))
 	if err != nil {
-		return false, err
+		release.abort()
+		return nil, err
 	}
 	rec.Namespaces = pins
-	if err := m.persist(e, rec); err != nil {
-		return false, err
-	}
-	return cgfd >= 0, release.release()
+	return release, nil
 }
 
 // releasePipe hands the pause its go-ahead.
