@@ -12,12 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/opencontainers/cgroups"
-	cgmanager "github.com/opencontainers/cgroups/manager"
-	"github.com/opencontainers/runc/libcontainer"
-	"github.com/opencontainers/runc/libcontainer/configs"
-	"github.com/opencontainers/runc/libcontainer/specconv"
-	"github.com/opencontainers/runc/libcontainer/system"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -37,10 +31,9 @@ const (
 type container struct {
 	id  string
 	dir string // <shim dir>/containers/<id>
+	s   *server
 
 	spec ContainerSpec
-	lc   *libcontainer.Container
-	cfg  *configs.Config
 	log  *criLog
 	pio  *processIO // stdio: stdin pipe or terminal, for attach
 	fan  fanout     // attached clients
@@ -71,25 +64,32 @@ func (c *container) snapshot() ContainerState {
 }
 
 // create makes the container and starts its init, which then waits on the
-// exec fifo for start.
+// exec fifo for start. A helper does libcontainer's part (lcCreate); the
+// shim keeps the stdio and the log, and becomes the init's parent when
+// the helper exits.
 func (s *server) create(cs ContainerSpec) (retErr error) {
-	ociSpec, err := ociSpec(&cs, s.podCgroup, s.namespaceOf)
-	if err != nil {
+	if err := validateSpec(&cs); err != nil {
 		return err
 	}
-	cfg, err := libcontainerConfig(cs.ID, ociSpec, cs.Privileged)
-	if err != nil {
-		return err
-	}
-	if dropped := rootlessCgroups(cfg.Cgroups); len(dropped) > 0 {
-		s.log.Warn("rootless: cgroup controllers not delegated to this user; their limits are not applied",
-			"container", cs.ID, "controllers", dropped)
+	// The helper knows no other container: it gets their namespaces as
+	// paths.
+	hs := cs
+	hs.Namespaces = make([]Namespace, len(cs.Namespaces))
+	for i, ns := range cs.Namespaces {
+		if target, ok := strings.CutPrefix(ns.Path, "container:"); ok && ns.Type != specs.MountNamespace {
+			p, err := s.namespaceOf(ns.Type, target)
+			if err != nil {
+				return err
+			}
+			ns.Path = p
+		}
+		hs.Namespaces[i] = ns
 	}
 	c := &container{
 		id:      cs.ID,
 		dir:     filepath.Join(s.dir, "containers", cs.ID),
+		s:       s,
 		spec:    cs,
-		cfg:     cfg,
 		created: make(chan struct{}),
 		exited:  make(chan struct{}),
 		ioDone:  make(chan struct{}),
@@ -113,23 +113,7 @@ func (s *server) create(cs ContainerSpec) (retErr error) {
 		}
 	}()
 
-	lc, err := libcontainer.Create(s.runcRoot, cs.ID, cfg)
-	if err != nil {
-		if errors.Is(err, libcontainer.ErrExist) {
-			return fmt.Errorf("%w: %s", ErrExists, cs.ID)
-		}
-		if errors.Is(err, libcontainer.ErrInvalidID) {
-			return fmt.Errorf("%w: container id %q", ErrInvalid, cs.ID)
-		}
-		return fmt.Errorf("create container %s: %w", cs.ID, err)
-	}
-	c.lc = lc
-	defer func() {
-		if retErr != nil {
-			_ = lc.Destroy()
-		}
-	}()
-
+	var err error
 	if c.log, err = openCRILog(cs.LogPath); err != nil {
 		return fmt.Errorf("container %s: open log: %w", cs.ID, err)
 	}
@@ -139,41 +123,39 @@ func (s *server) create(cs ContainerSpec) (retErr error) {
 		}
 	}()
 
-	p := &libcontainer.Process{
-		Args:             ociSpec.Process.Args,
-		Env:              ociSpec.Process.Env,
-		Cwd:              ociSpec.Process.Cwd,
-		UID:              int(cs.User.UID),
-		GID:              int(cs.User.GID),
-		AdditionalGroups: intGIDs(cs.User.AdditionalGIDs),
-		Init:             true,
-	}
-	stdio, err := newProcessIO(p, cs.Tty, cs.Stdin)
+	stdio, child, err := newProcessIO(cs.Tty, cs.Stdin)
 	if err != nil {
 		return fmt.Errorf("container %s: %w", cs.ID, err)
 	}
-	defer stdio.closeChildEnds()
-	pid, err := s.reaper.start(func() (int, error) {
-		if err := lc.Start(p); err != nil {
-			return 0, err
+	pid := 0
+	rep, err := s.runHelper(&lcRequest{Op: lcCreate, ID: cs.ID, Spec: &hs, PodCgroup: s.podCgroup}, child, func(rep *lcReply) {
+		if rep.Error == "" && rep.Pid > 0 {
+			pid = rep.Pid
+			s.reaper.register(pid, func(e exit) { go c.onExit(e) })
 		}
-		return p.Pid()
-	}, func(e exit) { go c.onExit(e) })
+	})
+	stdio.closeChildEnds()
+	if err == nil && pid <= 0 {
+		err = fmt.Errorf("helper reported no pid")
+	}
 	if err != nil {
 		stdio.closeAll()
-		return fmt.Errorf("start init of container %s: %w", cs.ID, err)
+		if pid > 0 {
+			s.reaper.signal(pid, unix.SIGKILL)
+			_, _ = s.runHelper(&lcRequest{Op: lcDelete, ID: cs.ID}, childStdio{}, nil)
+		}
+		return err
 	}
 	c.pio = stdio
-	if st, err := lc.State(); err == nil {
-		c.memPaths = oomCounterPaths(st.CgroupPaths)
-	}
+	c.memPaths = oomCounterPaths(rep.CgroupPaths)
 	c.mu.Lock()
 	c.state = ContainerState{ID: cs.ID, Status: StatusCreated, Pid: pid, CreatedAt: time.Now(), LogPath: cs.LogPath}
 	st := c.state
 	c.mu.Unlock()
 	if err := stdio.afterStart(); err != nil {
-		_ = lc.Signal(unix.SIGKILL)
+		s.reaper.signal(pid, unix.SIGKILL)
 		stdio.closeAll()
+		_, _ = s.runHelper(&lcRequest{Op: lcDelete, ID: cs.ID}, childStdio{}, nil)
 		return fmt.Errorf("container %s: terminal: %w", cs.ID, err)
 	}
 	stdio.pump(c.log, &c.fan, c.ioDone)
@@ -183,17 +165,23 @@ func (s *server) create(cs ContainerSpec) (retErr error) {
 	return nil
 }
 
+// execFifoName is libcontainer's exec fifo in the container's state dir:
+// the init opens it for writing, writes a byte once a reader opened it,
+// and then execs the container's command.
+const execFifoName = "exec.fifo"
+
 // start lets the init exec the container's command.
 func (c *container) start() error {
 	c.op.Lock()
 	defer c.op.Unlock()
-	switch c.snapshot().Status {
+	st := c.snapshot()
+	switch st.Status {
 	case StatusRunning:
 		return nil
 	case StatusExited:
 		return fmt.Errorf("%w: container %s has exited", ErrNotRunning, c.id)
 	}
-	if err := c.lc.Exec(); err != nil {
+	if err := c.s.releaseInit(c.id, st.Pid); err != nil {
 		return fmt.Errorf("start container %s: %w", c.id, err)
 	}
 	c.mu.Lock()
@@ -201,10 +189,75 @@ func (c *container) start() error {
 		c.state.Status = StatusRunning
 		c.state.StartedAt = time.Now()
 	}
-	st := c.state
+	st = c.state
 	c.mu.Unlock()
 	if st.Status == StatusRunning {
 		_ = writeJSONFile(filepath.Join(c.dir, stateFile), st)
+	}
+	return nil
+}
+
+// releaseInit does what libcontainer's Container.Exec does, in the shim:
+// read the init's byte from the exec fifo, then remove the fifo (which
+// tells libcontainer the container runs). The fifo is opened non-blocking
+// and read through the runtime's poller: no thread waits in open(2). An
+// init that died without writing is reported rather than waited for.
+func (s *server) releaseInit(id string, pid int) error {
+	path := filepath.Join(s.runcRoot, id, execFifoName)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("exec fifo: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var buf [16]byte
+	got := false
+	var rerr error
+	// read returns false, to wait for the poller, while no writer has
+	// written: a read then finds no data (EAGAIN) or no writer (0).
+	read := func(fd uintptr) bool {
+		n, err := unix.Read(int(fd), buf[:])
+		switch {
+		case n > 0:
+			got = true
+		case err == unix.EAGAIN || err == unix.EINTR || (err == nil && n == 0):
+			return false
+		default:
+			rerr = err
+		}
+		return true
+	}
+	for !got {
+		_ = f.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		err := rc.Read(read)
+		if rerr != nil {
+			return fmt.Errorf("exec fifo: %w", rerr)
+		}
+		if got {
+			break
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("exec fifo: %w", err)
+		}
+		if s.reaper.running(pid) && pidAlive(pid) {
+			continue
+		}
+		// Dead: it may have started, run and ended since the last
+		// look, leaving its byte in the fifo.
+		_ = rc.Control(func(fd uintptr) {
+			n, _ := unix.Read(int(fd), buf[:])
+			got = n > 0
+		})
+		if !got {
+			return errors.New("container process is already dead")
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	return nil
 }
@@ -240,53 +293,22 @@ func (c *container) onExit(e exit) {
 // container's cgroup. A container that has exited takes no signal and that
 // is no error.
 func (c *container) signal(sig syscall.Signal, all bool) error {
-	if c.snapshot().Status == StatusExited {
+	st := c.snapshot()
+	if st.Status == StatusExited {
 		return nil
 	}
-	var err error
-	if all {
-		err = c.signalAll(sig)
-	} else {
-		err = c.lc.Signal(sig)
-	}
-	if err != nil && (errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, os.ErrProcessDone)) {
+	if !all {
+		// Through the reaper: never a process that reused the pid.
+		c.s.reaper.signal(st.Pid, sig)
 		return nil
 	}
-	return err
-}
-
-// signalAll signals every process in the container's cgroup. The cgroup
-// is frozen meanwhile so that no process forks past the signal.
-func (c *container) signalAll(sig syscall.Signal) error {
-	st, err := c.lc.State()
-	if err != nil {
-		return err
-	}
-	m, err := cgmanager.NewWithPaths(c.cfg.Cgroups, st.CgroupPaths)
-	if err != nil {
-		return err
-	}
-	if err := m.Freeze(cgroups.Frozen); err != nil {
-		// Signal anyway: a missed fork is better than no signal.
-		_ = m.Freeze(cgroups.Thawed)
-	}
-	pids, err := m.GetAllPids()
-	if err != nil {
-		// Rootless: the hierarchy the manager lists from (devices on
-		// v1) may not be delegated; any other of the container's does.
-		if dir := anyCgroupDir(st.CgroupPaths); dir != "" {
-			pids, err = cgroups.GetAllPids(dir)
-		}
-	}
-	for _, pid := range pids {
-		_ = unix.Kill(pid, sig)
-	}
-	if ferr := m.Freeze(cgroups.Thawed); err == nil {
-		err = ferr
-	}
+	_, err := c.s.runHelper(&lcRequest{Op: lcKillAll, ID: c.id, Signal: int(sig)}, childStdio{}, nil)
 	// The init may not be in the cgroup listing yet when it is still in
 	// libcontainer's hands; signalling it directly is harmless.
-	_ = c.lc.Signal(sig)
+	c.s.reaper.signal(st.Pid, sig)
+	if err != nil && (c.snapshot().Status == StatusExited || !c.s.reaper.running(st.Pid)) {
+		return nil
+	}
 	return err
 }
 
@@ -329,8 +351,8 @@ func (c *container) destroy() error {
 	if c.snapshot().Status != StatusExited && !c.kill() {
 		return fmt.Errorf("container %s: processes did not exit after SIGKILL", c.id)
 	}
-	if err := c.lc.Destroy(); err != nil {
-		return fmt.Errorf("destroy container %s: %w", c.id, err)
+	if _, err := c.s.runHelper(&lcRequest{Op: lcDelete, ID: c.id}, childStdio{}, nil); err != nil {
+		return err
 	}
 	c.pio.closeAll()
 	c.log.close()
@@ -344,8 +366,7 @@ func (c *container) initAlive() bool {
 	if pid <= 0 {
 		return false
 	}
-	st, err := system.Stat(pid)
-	return err == nil && st.State != system.Zombie && st.State != system.Dead
+	return pidAlive(pid)
 }
 
 // namespaceOf is the path of a namespace of another container of this
@@ -455,29 +476,9 @@ func (c *container) update(r *specs.LinuxResources) error {
 	defer c.op.Unlock()
 	cs := c.spec
 	cs.Resources = r
-	cgPath := cgroupsPath(c.cfg.Cgroups)
-	if c.cfg.Cgroups.Systemd { // the systemd driver's "slice:prefix:name"
-		cgPath = c.cfg.Cgroups.Parent + ":" + c.cfg.Cgroups.ScopePrefix + ":" + c.cfg.Cgroups.Name
+	if _, err := c.s.runHelper(&lcRequest{Op: lcUpdate, ID: c.id, Spec: &cs}, childStdio{}, nil); err != nil {
+		return err
 	}
-	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{
-		CgroupName: c.id,
-		Spec: &specs.Spec{Linux: &specs.Linux{
-			CgroupsPath: cgPath,
-			Resources:   containerResources(&cs),
-		}},
-		RootlessCgroups:  c.cfg.RootlessCgroups,
-		UseSystemdCgroup: c.cfg.Cgroups.Systemd,
-	}, specconv.AllowedDevices)
-	if err != nil {
-		return fmt.Errorf("%w: container %s: resources: %v", ErrInvalid, c.id, err)
-	}
-	rootlessCgroups(cg) // as at create: same naming, same dropped limits
-	cfg := *c.cfg
-	cfg.Cgroups = cg
-	if err := c.lc.Set(cfg); err != nil {
-		return fmt.Errorf("update container %s: %w", c.id, err)
-	}
-	c.cfg = &cfg
 	c.spec.Resources = r
 	return nil
 }

@@ -6,14 +6,23 @@
 // (shim/peapod-shim: this package and libcontainer's init, nothing of the
 // daemon), which peapod embeds (shim/embedded) and writes to its state
 // dir; a peapod built without it runs `peapod shim`, the same code. It is
-// the parent and child-subreaper of the pod's containers, which it runs
-// with runc's libcontainer; their init is `<binary> init` (libcontainer
-// re-executes the shim's own executable). It holds the containers' stdio,
-// writes their output to CRI log files (`RFC3339Nano stdout|stderr P|F
-// text`, lines over 16 KiB split into P records), records each exit (code,
-// finish time, OOM kill) in DIR/containers/<id>/exit.json, and serves exec
-// and attach sessions. The daemon may be killed and restarted at any time: the shim and
-// its containers carry on, and Connect finds them again.
+// the parent and child-subreaper of the pod's containers. It holds the
+// containers' stdio, writes their output to CRI log files (`RFC3339Nano
+// stdout|stderr P|F text`, lines over 16 KiB split into P records),
+// records each exit (code, finish time, OOM kill) in
+// DIR/containers/<id>/exit.json, and serves exec and attach sessions. The
+// daemon may be killed and restarted at any time: the shim and its
+// containers carry on, and Connect finds them again.
+//
+// The shim does not run runc's libcontainer itself, as containerd's shim
+// does not: each create, exec, kill of all processes, delete and update
+// runs in a one-shot helper, the same binary as `<binary> shim lc`, which
+// gets the request and the process's stdio over a socket, starts the
+// process (libcontainer re-executes the binary as `<binary> init`),
+// replies with its pid and exits. The process is re-parented to the shim,
+// which reaps it and the helpers. Start needs no helper: the shim reads
+// the init's byte from libcontainer's exec fifo itself. See
+// helper_linux.go and reaper_linux.go.
 //
 // Containers join the sandbox's pinned namespaces (Namespace.Path) and get
 // a new mount namespace always. Their cgroup is <PodCgroup>/<id> unless the
@@ -27,8 +36,9 @@
 // needs CAP_SYS_RESOURCE of the host). Non-zero container uids are the
 // namespace's, so they map into the user's subordinate range.
 //
-// Memory (memory_linux.go): GOGC 50, and a full collection that returns
-// free pages to the kernel once the shim is quiet after lifecycle work.
+// Memory (memory_linux.go): no libcontainer in the resident process, one
+// P, GOGC 50, and a full collection that returns free pages to the kernel
+// once the shim is quiet after lifecycle work, when that pays.
 //
 // The protocol between Client and shim is private: length-prefixed JSON
 // frames over a unix stream socket in DIR, one connection per call; an exec

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,40 +38,38 @@ func (s *server) exec(conn *net.UnixConn, req *request) {
 	if cwd == "" {
 		cwd = "/"
 	}
-	p := &libcontainer.Process{
-		Args:             er.Args,
-		Env:              mergeEnv(c.spec.Env, er.Env),
-		Cwd:              cwd,
-		UID:              int(c.spec.User.UID),
-		GID:              int(c.spec.User.GID),
-		AdditionalGroups: intGIDs(c.spec.User.AdditionalGIDs),
+	pr := &lcProcess{
+		Args:   er.Args,
+		Env:    mergeEnv(c.spec.Env, er.Env),
+		Cwd:    cwd,
+		UID:    int(c.spec.User.UID),
+		GID:    int(c.spec.User.GID),
+		Groups: intGIDs(c.spec.User.AdditionalGIDs),
 	}
 	if er.Tty && er.Size != nil {
-		p.ConsoleWidth, p.ConsoleHeight = er.Size.Width, er.Size.Height
+		pr.ConsoleWidth, pr.ConsoleHeight = er.Size.Width, er.Size.Height
 	}
-	p.SubCgroupPaths = c.execCgroupPaths()
-	pio, err := newProcessIO(p, er.Tty, er.Stdin)
+	pio, child, err := newProcessIO(er.Tty, er.Stdin)
 	if err != nil {
-		if !c.initAlive() {
-			// The container ended while the process was joining it.
-			err = fmt.Errorf("%w: %v", ErrNotRunning, err)
-		}
 		_ = writeJSON(conn, errorResponse(fmt.Errorf("exec in %s: %w", c.id, err)))
 		return
 	}
 	defer pio.closeAll()
 	exited := make(chan exit, 1)
-	pid, err := s.reaper.start(func() (int, error) {
-		if err := c.lc.Run(p); err != nil {
-			return 0, err
+	pid := 0
+	// kill ends the process, if it still runs, through the reaper.
+	kill := func() { s.reaper.signal(pid, unix.SIGKILL) }
+	_, err = s.runHelper(&lcRequest{Op: lcExec, ID: c.id, Process: pr}, child, func(rep *lcReply) {
+		if rep.Error == "" && rep.Pid > 0 {
+			pid = rep.Pid
+			s.reaper.register(pid, func(e exit) { exited <- e })
 		}
-		return p.Pid()
-	}, func(e exit) { exited <- e })
+	})
 	pio.closeChildEnds()
 	if err == nil {
 		err = pio.afterStart()
 		if err != nil {
-			_ = p.Signal(unix.SIGKILL)
+			kill()
 		}
 	}
 	if err != nil {
@@ -93,7 +90,7 @@ func (s *server) exec(conn *net.UnixConn, req *request) {
 		return writeFrame(conn, kind, b)
 	}
 	if err := writeJSON(conn, &response{Pid: pid}); err != nil {
-		_ = p.Signal(unix.SIGKILL)
+		kill()
 		<-exited
 		return
 	}
@@ -133,7 +130,7 @@ func (s *server) exec(conn *net.UnixConn, req *request) {
 			if err != nil {
 				// Gone before the exit was sent: nobody waits for
 				// this process any more.
-				_ = p.Signal(unix.SIGKILL)
+				kill()
 				return
 			}
 			switch kind {
@@ -160,7 +157,7 @@ func (s *server) exec(conn *net.UnixConn, req *request) {
 	if er.Timeout > 0 {
 		t := time.AfterFunc(er.Timeout, func() {
 			timedOut.Store(true)
-			_ = p.Signal(unix.SIGKILL)
+			kill()
 		})
 		defer t.Stop()
 	}

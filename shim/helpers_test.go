@@ -38,6 +38,10 @@ func TestMain(m *testing.M) {
 		runFakeDaemon()
 		return
 	}
+	if os.Getenv(reaperTestEnv) != "" {
+		reaperScenario()
+		return
+	}
 	if usernstest.InChild() {
 		// Re-executed in a user namespace by TestInUserNamespace: the
 		// parent built the binary and the rootfs.

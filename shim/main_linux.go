@@ -9,7 +9,13 @@ import (
 // Main is the shim subcommand (`peapod shim` or `peapod-shim shim`) with its
 // arguments after "shim", as Start passes them. It returns when the shim
 // shuts down.
+//
+// `shim lc ...` is the one-shot helper the shim runs for libcontainer's
+// work (helper_linux.go); it never returns.
 func Main(args []string) error {
+	if len(args) > 0 && args[0] == helperArg {
+		lcMain(args[1:])
+	}
 	fs := flag.NewFlagSet("shim", flag.ContinueOnError)
 	dir := fs.String("dir", "", "the shim's directory (socket, state, container records)")
 	podCgroup := fs.String("pod-cgroup", "", "the pod's cgroupfs path, parent of container cgroups")

@@ -9,18 +9,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// reaper reaps every child of the shim: container inits, exec processes,
-// and orphans reparented to it as the pod's subreaper.
+// reaper reaps every child of the shim: the one-shot helpers (`shim lc`,
+// helper_linux.go), the container inits and exec processes those leave
+// behind (re-parented to the shim, the pod's child-subreaper, when the
+// helper exits), and any orphan of the pod's processes.
 //
-// libcontainer waits for its own helper processes (the stages of
-// `peapod init`) by pid while it starts a process. A wait4(-1) running at
-// the same time could steal those exits, so starting takes the read side of
-// mu and reaping the write side: no reaping while a start is in flight, and
-// the pid a start returns is registered before any reaping can see it exit.
+// A helper starts a process and exits; the shim learns the process's pid
+// from the helper's reply, after the fact. The process may have died (and
+// been reaped here) before that: so while any helper is in flight
+// (begin/end), the exit of a pid nobody registered is kept, and register
+// hands it over. Outside that window an unknown pid is an orphan and its
+// exit is dropped, which bounds what is kept.
+//
+// Signals go through the reaper too (signal): a pid is signalled only while
+// it is registered and not yet reaped, under the lock the reaping takes,
+// so a signal can never reach another process that reused the pid.
 type reaper struct {
-	mu      sync.RWMutex
-	waitMu  sync.Mutex
-	waiters map[int]func(exit)
+	mu       sync.Mutex
+	waiters  map[int]func(exit)
+	early    map[int]exit // exits of pids not registered yet
+	inflight int          // helpers whose processes are not all registered
 }
 
 // exit is how a process ended.
@@ -38,7 +46,7 @@ func (e exit) code() int {
 }
 
 func newReaper() *reaper {
-	r := &reaper{waiters: map[int]func(exit){}}
+	r := &reaper{waiters: map[int]func(exit){}, early: map[int]exit{}}
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, unix.SIGCHLD)
 	go func() {
@@ -50,43 +58,92 @@ func newReaper() *reaper {
 	return r
 }
 
-// start runs fn, which starts a process and returns its pid (or an error),
-// and registers onExit for that pid. onExit runs on the reaper's goroutine
-// and must not block.
-func (r *reaper) start(fn func() (int, error), onExit func(exit)) (int, error) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	pid, err := fn()
-	if err != nil || pid <= 0 {
-		return pid, err
+// begin opens a window in which exits of unregistered pids are kept: call
+// it before starting a helper, and end once every pid the helper reported
+// (and its own) is registered.
+func (r *reaper) begin() {
+	r.mu.Lock()
+	r.inflight++
+	r.mu.Unlock()
+}
+
+func (r *reaper) end() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inflight--
+	if r.inflight == 0 && len(r.early) > 0 {
+		// Nobody can register these any more: orphans.
+		r.early = map[int]exit{}
 	}
-	r.waitMu.Lock()
-	r.waiters[pid] = onExit
-	r.waitMu.Unlock()
-	return pid, nil
+}
+
+// register calls onExit (on the reaper's goroutine, or right here if the
+// process already ended) when pid is reaped. onExit must not block. The
+// pid must be a child of the shim or of a helper in flight (begin).
+func (r *reaper) register(pid int, onExit func(exit)) {
+	r.mu.Lock()
+	e, done := r.early[pid]
+	delete(r.early, pid)
+	if done && unix.Kill(pid, 0) == nil {
+		// The pid exists again (a live process or a zombie not reaped
+		// yet): the kept exit was an earlier holder's, reaped before
+		// this process got its pid.
+		done = false
+	}
+	if !done {
+		r.waiters[pid] = onExit
+	}
+	r.mu.Unlock()
+	if done {
+		onExit(e)
+	}
+}
+
+// signal sends sig to pid if it is registered and not reaped yet; it
+// reports whether it did.
+func (r *reaper) signal(pid int, sig unix.Signal) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.waiters[pid]; !ok || pid <= 0 {
+		return false
+	}
+	return unix.Kill(pid, sig) == nil
+}
+
+// running reports whether pid is registered and not reaped yet.
+func (r *reaper) running(pid int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.waiters[pid]
+	return ok
 }
 
 func (r *reaper) reap() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	for {
+		r.mu.Lock()
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
 		if err == unix.EINTR {
+			r.mu.Unlock()
 			continue
 		}
 		if err != nil || pid <= 0 {
+			r.mu.Unlock()
 			return
 		}
 		if ws.Stopped() || ws.Continued() {
+			r.mu.Unlock()
 			continue
 		}
-		r.waitMu.Lock()
+		e := exit{status: ws, at: time.Now()}
 		fn := r.waiters[pid]
 		delete(r.waiters, pid)
-		r.waitMu.Unlock()
+		if fn == nil && r.inflight > 0 {
+			r.early[pid] = e
+		}
+		r.mu.Unlock()
 		if fn != nil {
-			fn(exit{status: ws, at: time.Now()})
+			fn(e)
 		}
 	}
 }

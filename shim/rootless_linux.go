@@ -6,6 +6,7 @@ import (
 
 	"github.com/moby/sys/userns"
 	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/runc/libcontainer"
 
 	pcgroups "peapod/cgroups"
 )
@@ -86,12 +87,12 @@ func anyCgroupDir(paths map[string]string) string {
 // miss the hierarchies that come after it. Naming one controller's
 // cgroup ("" below it: the container's own) takes libcontainer's other
 // path, which writes the exec into every hierarchy, ignoring failures.
-func (c *container) execCgroupPaths() map[string]string {
-	cg := c.cfg.Cgroups
+func execCgroupPaths(lc *libcontainer.Container) map[string]string {
+	cg := lc.Config().Cgroups
 	if cg == nil || !cg.Rootless || cg.Systemd || !inUserNS() || cgroups.IsCgroup2UnifiedMode() {
 		return nil
 	}
-	st, err := c.lc.State()
+	st, err := lc.State()
 	if err != nil {
 		return nil
 	}

@@ -37,6 +37,12 @@ type server struct {
 	trim      *trimmer
 	log       *slog.Logger
 	listener  *net.UnixListener
+	// exe is the shim's executable, which helpers run; argv0 their
+	// argv[0].
+	exe, argv0 string
+
+	spareMu sync.Mutex
+	spare   *helperProc // started ahead of the first call (preSpawn)
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -75,6 +81,9 @@ func serve(opts ServeOptions) error {
 		log:        slog.New(slog.NewTextHandler(os.Stderr, nil)).With("shim", opts.Dir),
 		containers: map[string]*container{},
 		answered:   make(chan struct{}),
+		// The running executable even if its file was replaced.
+		exe:   "/proc/self/exe",
+		argv0: os.Args[0],
 	}
 	for _, d := range []string{opts.Dir, s.runcRoot, filepath.Join(opts.Dir, "containers")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -99,6 +108,7 @@ func serve(opts ServeOptions) error {
 		opts.Ready.Close()
 	}
 	s.log.Info("shim serving", "pid", os.Getpid(), "podCgroup", opts.PodCgroup)
+	s.preSpawn()
 	for {
 		conn, err := l.AcceptUnix()
 		if err != nil {
@@ -310,6 +320,10 @@ func (s *server) shutdownAll() error {
 		s.shutdown = false
 		s.mu.Unlock()
 		return err
+	}
+	if h := s.takeSpare(); h != nil {
+		s.reaper.signal(h.pid, unix.SIGKILL)
+		h.conn.Close()
 	}
 	s.listener.Close()
 	return os.RemoveAll(s.dir)

@@ -7,7 +7,6 @@ import (
 	"os"
 	"sync"
 
-	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,43 +24,52 @@ type processIO struct {
 	child []*os.File // the process's ends, closed in the shim after start
 }
 
-// newProcessIO prepares the stdio of p.
-func newProcessIO(p *libcontainer.Process, tty, stdin bool) (*processIO, error) {
+// childStdio is the process's side of its stdio, which a helper hands to
+// libcontainer: pipe ends, or the console socket over which `init` sends
+// back the terminal master. A nil file is none (/dev/null for a pipe).
+type childStdio struct {
+	stdin, stdout, stderr, consoleSock *os.File
+}
+
+// newProcessIO prepares the stdio of a process.
+func newProcessIO(tty, stdin bool) (*processIO, childStdio, error) {
 	pio := &processIO{tty: tty}
+	var cs childStdio
 	if tty {
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			return nil, fmt.Errorf("console socket: %w", err)
+			return nil, cs, fmt.Errorf("console socket: %w", err)
 		}
+		// Non-blocking: the master is received through the poller.
+		_ = unix.SetNonblock(fds[0], true)
 		pio.consoleSock = os.NewFile(uintptr(fds[0]), "console-socket")
-		child := os.NewFile(uintptr(fds[1]), "console-socket-child")
-		pio.child = append(pio.child, child)
-		p.ConsoleSocket = child
-		return pio, nil
+		cs.consoleSock = os.NewFile(uintptr(fds[1]), "console-socket-child")
+		pio.child = append(pio.child, cs.consoleSock)
+		return pio, cs, nil
 	}
 	if stdin {
 		r, w, err := os.Pipe()
 		if err != nil {
-			return nil, err
+			return nil, cs, err
 		}
-		pio.stdin, p.Stdin = w, r
+		pio.stdin, cs.stdin = w, r
 		pio.child = append(pio.child, r)
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		pio.closeAll()
-		return nil, err
+		return nil, cs, err
 	}
-	pio.stdout, p.Stdout = r, w
+	pio.stdout, cs.stdout = r, w
 	pio.child = append(pio.child, w)
 	r, w, err = os.Pipe()
 	if err != nil {
 		pio.closeAll()
-		return nil, err
+		return nil, cs, err
 	}
-	pio.stderr, p.Stderr = r, w
+	pio.stderr, cs.stderr = r, w
 	pio.child = append(pio.child, w)
-	return pio, nil
+	return pio, cs, nil
 }
 
 // afterStart receives the terminal master of a tty process.

@@ -10,6 +10,7 @@
 // Usage (by the daemon, through shim.Start):
 //
 //	peapod-shim shim --dir DIR [--pod-cgroup PATH] [--ready-fd N]
+//	peapod-shim shim lc [--idle D]  (the shim's one-shot libcontainer helper)
 //	peapod-shim init   (libcontainer, inside a new container or exec)
 package main
 
