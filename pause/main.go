@@ -4,19 +4,37 @@
 // re-parented to it and it reaps them, so they never pile up as zombies.
 //
 // It exits 0 on SIGTERM or SIGINT and otherwise sleeps. It is built static
-// and small (see pause/embedded) and imports only os, os/signal and syscall.
+// and small (see pause/embedded) and imports only syscall and unsafe.
 //
 // Start protocol: when fd 3 is a pipe, it is the runtime's release pipe. The
 // pause reads one byte from it before it considers itself adopted; if the
 // pipe reaches EOF first (the runtime died before recording this pause), the
 // pause exits 1 so that no unrecorded pause outlives its runtime. Without an
 // fd 3 pipe the pause simply runs.
+//
+// Footprint: one pause runs per pod, so its memory is multiplied by the pod
+// count. Each OS thread of a Go program costs a signal stack, a g0 stack and
+// scheduler state, and os/signal alone keeps three threads (a locked thread
+// for signal masks, the template thread it needs, and the one parked in the
+// signal receiver), plus a goroutine per waiter. The pause therefore does not
+// use os/signal or os at all:
+//   - SIGTERM and SIGINT get a raw handler (exitZero, in assembly) that calls
+//     exit_group(0) directly; nothing of the Go runtime runs for them.
+//   - SIGCHLD is set to SIG_IGN: the kernel then reaps our exited children
+//     itself, also orphans re-parented to us and zombies handed over at
+//     re-parenting time, so no reaping loop has to wake up.
+//   - The main goroutine does the blocking read of the release pipe and then
+//     sleeps in ppoll(2); no other goroutine exists, so no thread is parked
+//     for us beyond the runtime's own.
+//
+// The runtime starts it with GOMAXPROCS=1 in its environment (see
+// sandbox/pause_linux.go): a second P and the threads that spin for it would
+// otherwise make up a good part of the pause's memory.
 package main
 
 import (
-	"os"
-	"os/signal"
 	"syscall"
+	"unsafe"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -31,54 +49,142 @@ const releaseFD = 3
 // `kill -HUP 1`. Ignoring them gives the pause the protection a C init has,
 // also when it is not PID 1 (hostPID pods): only SIGTERM, SIGINT and
 // SIGKILL end it.
-var fatalByDefault = []os.Signal{
+var fatalByDefault = []syscall.Signal{
 	syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGABRT, syscall.SIGUSR1,
 	syscall.SIGUSR2, syscall.SIGPIPE, syscall.SIGALRM, syscall.SIGVTALRM,
 	syscall.SIGXCPU, syscall.SIGXFSZ, syscall.SIGIO, syscall.SIGPWR,
 }
 
+// exitZero is a signal handler that ends the process with status 0 at once.
+// It touches no memory and never returns (see exit_linux_*.s).
+func exitZero()
+
+// exitZeroPC returns the address of exitZero, to hand it to the kernel.
+func exitZeroPC() uintptr
+
+// kernelSigaction is the kernel's struct sigaction for rt_sigaction(2) on
+// linux/amd64 and linux/arm64.
+type kernelSigaction struct {
+	handler  uintptr
+	flags    uint64
+	restorer uintptr
+	mask     uint64
+}
+
+const (
+	sigIgn = 1
+	// SA_RESTORER is mandatory on amd64 (the kernel will not deliver
+	// otherwise) and honoured on arm64; exitZero never returns, so the
+	// restorer it names is never used.
+	saRestorer = 0x04000000
+	// SA_ONSTACK: run on the thread's Go signal stack, never on a goroutine
+	// stack, even though exitZero uses no stack of its own.
+	saOnStack = 0x08000000
+)
+
+// setDisposition installs handler (an address, or sigIgn) for sig with
+// rt_sigaction directly, past the Go runtime: the runtime does not reinstall
+// handlers on its own once it is running, and a handler that exits at once
+// needs none of its machinery.
+func setDisposition(sig syscall.Signal, handler uintptr) {
+	sa := kernelSigaction{
+		handler:  handler,
+		flags:    saRestorer | saOnStack,
+		restorer: exitZeroPC(),
+		mask:     ^uint64(0), // block everything while the handler runs
+	}
+	const sigsetSize = 8
+	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(sig),
+		uintptr(unsafe.Pointer(&sa)), 0, sigsetSize, 0, 0); e != 0 {
+		fatal("pause: rt_sigaction: " + e.Error())
+	}
+}
+
 func main() {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
+	if arg, ok := firstArg(); ok {
+		switch arg {
 		case "-v", "-version", "--version":
-			os.Stdout.WriteString("pause (peapod) " + version + "\n")
+			syscall.Write(1, []byte("pause (peapod) "+version+"\n"))
 			return
 		}
 	}
 
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT)
-	// Ignore comes last on purpose: once these signals show up in SigIgn of
+	setDisposition(syscall.SIGTERM, exitZeroPC())
+	setDisposition(syscall.SIGINT, exitZeroPC())
+	setDisposition(syscall.SIGCHLD, sigIgn)
+	// The ignored ones come last on purpose: once they show up in SigIgn of
 	// /proc/<pid>/status, the SIGTERM/SIGINT handlers are in place too.
-	signal.Ignore(fatalByDefault...)
+	for _, s := range fatalByDefault {
+		setDisposition(s, sigIgn)
+	}
+	// Children that became zombies before SIGCHLD was ignored are not reaped
+	// by the kernel; collect them once.
+	reap()
 
-	var released chan bool
-	if isPipe(releaseFD) {
-		released = make(chan bool, 1)
-		go func() { released <- awaitRelease(releaseFD) }()
+	if isPipe(releaseFD) && !awaitRelease(releaseFD) {
+		syscall.Exit(1)
 	}
 
-	// Children may have been re-parented to us before SIGCHLD was hooked.
-	reap()
 	for {
-		select {
-		case s := <-sigs:
-			if s == syscall.SIGCHLD {
-				reap()
-				continue
-			}
-			os.Exit(0)
-		case ok := <-released:
-			if !ok {
-				os.Exit(1)
-			}
-			released = nil
-		}
+		// ppoll on no fds without a timeout: pause(2), which arm64 lacks.
+		// It returns only when a signal is handled, and the only ones that
+		// reach a Go handler now are the runtime's own (e.g. preemption).
+		syscall.Syscall6(syscall.SYS_PPOLL, 0, 0, 0, 0, 0, 0)
 	}
 }
 
-// reap collects every exited child. One SIGCHLD may stand for many exits,
-// so it loops until none is left.
+func fatal(msg string) {
+	syscall.Write(2, []byte(msg+"\n"))
+	syscall.Exit(2)
+}
+
+// firstArg returns argv[1]. It reads /proc/self/cmdline rather than os.Args:
+// importing os costs this long-lived process its package initialisation
+// (stdio files with finalizers, a finalizer goroutine, more heap size
+// classes), about 50 KiB per pod. It uses raw system calls on a static path
+// and buffer: the syscall package's Open allocates and its deeper call
+// chain grows the main goroutine's stack, which costs another ~40 KiB of
+// stack-pool memory. Without /proc there are no flags, which only matters
+// for -v.
+func firstArg() (string, bool) {
+	fd, _, e := syscall.RawSyscall6(syscall.SYS_OPENAT, atFDCWD,
+		uintptr(unsafe.Pointer(&procCmdline[0])), syscall.O_RDONLY|syscall.O_CLOEXEC, 0, 0, 0)
+	if e != 0 {
+		return "", false
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&cmdline[0])), uintptr(len(cmdline)))
+	syscall.RawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+	if e != 0 || n == 0 {
+		return "", false
+	}
+	// argv[0] NUL argv[1] NUL ...
+	b := cmdline[:n]
+	for i, c := range b {
+		if c != 0 {
+			continue
+		}
+		b = b[i+1:]
+		for j, c := range b {
+			if c == 0 {
+				return string(b[:j]), true
+			}
+		}
+		return "", false
+	}
+	return "", false
+}
+
+const atFDCWD = ^uintptr(99) // AT_FDCWD, -100
+
+var (
+	procCmdline = [...]byte{'/', 'p', 'r', 'o', 'c', '/', 's', 'e', 'l', 'f', '/', 'c', 'm', 'd', 'l', 'i', 'n', 'e', 0}
+	// cmdline is global, not on the stack, for the same reason: a 4 KiB
+	// frame would make the main goroutine's stack grow. Only the bytes
+	// read are ever touched.
+	cmdline [4096]byte
+)
+
+// reap collects every exited child without waiting.
 func reap() {
 	for {
 		var ws syscall.WaitStatus
@@ -101,7 +207,9 @@ func isPipe(fd int) bool {
 }
 
 // awaitRelease blocks until the runtime writes one byte (true) or closes
-// the pipe (false), then closes fd so that nothing else inherits it.
+// the pipe (false), then closes fd so that nothing else inherits it. It runs
+// on the main goroutine: a blocking read there ties up no extra thread, and
+// SIGTERM/SIGINT end the process from their handler even while it blocks.
 func awaitRelease(fd int) bool {
 	defer syscall.Close(fd)
 	var b [1]byte

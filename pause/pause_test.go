@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -85,7 +86,7 @@ func waitReady(t *testing.T, p *pauseProc) {
 	t.Helper()
 	var want uint64
 	for _, s := range fatalByDefault {
-		want |= 1 << (uint(s.(syscall.Signal)) - 1)
+		want |= 1 << (uint(s) - 1)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
@@ -344,4 +345,137 @@ func TestPauseVersion(t *testing.T) {
 	if !strings.HasPrefix(string(out), "pause (peapod) ") {
 		t.Fatalf("--version printed %q", out)
 	}
+}
+
+func TestPauseExitsZeroOnSIGTERMBeforeRelease(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	p := startPause(t, true, r)
+	r.Close()
+	// The pause is blocked in its read of the release pipe now.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.waitExit(t, time.Second); code != 0 {
+		t.Fatalf("exit code %d on SIGTERM while waiting for release, want 0", code)
+	}
+}
+
+// pauseEnv is the environment sandbox/pause_linux.go (startPauseCmd) gives
+// the pause; keep the two in step.
+var pauseEnv = []string{"GOMAXPROCS=1"}
+
+// Footprint bounds for a released pause started the way peapod starts it.
+// Measured on linux/amd64, Go 1.26, over many runs: 3 threads (sometimes 4,
+// from a scheduler handoff at startup) and Pss_Anon 400-424 KiB. Before the
+// pause dropped os/signal and its release goroutine it had 6-7 threads and
+// Pss_Anon 532-556 KiB with GOMAXPROCS=1 (644-712 KiB without).
+const (
+	maxPauseThreads    = 4
+	maxPausePssAnonKiB = 480
+)
+
+// TestPauseFootprint fails if the pause grows back: it starts the pause in
+// new net/uts/ipc/pid namespaces with a release pipe on fd 3 and peapod's
+// environment, releases it, lets it settle and reads its thread count and
+// proportional anonymous memory. The median over several runs is checked so
+// that one run's scheduling luck does not decide.
+func TestPauseFootprint(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for the pod namespaces")
+	}
+	const runs = 7
+	var threads, anon, pss []int
+	for range runs {
+		th, an, ps := measureReleasedPause(t)
+		threads = append(threads, th)
+		anon = append(anon, an)
+		pss = append(pss, ps)
+	}
+	t.Logf("threads %v, Pss_Anon KiB %v, Pss KiB %v", threads, anon, pss)
+	if m := median(threads); m > maxPauseThreads {
+		t.Errorf("median thread count %d, want <= %d", m, maxPauseThreads)
+	}
+	if m := median(anon); m > maxPausePssAnonKiB {
+		t.Errorf("median Pss_Anon %d KiB, want <= %d KiB", m, maxPausePssAnonKiB)
+	}
+}
+
+func measureReleasedPause(t *testing.T) (threads, pssAnon, pss int) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	cmd := exec.Command(pauseBin)
+	cmd.Env = pauseEnv
+	cmd.ExtraFiles = []*os.File{r}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setsid:     true,
+		Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWPID,
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start pause: %v", err)
+	}
+	r.Close()
+	p := &pauseProc{cmd: cmd, exited: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.exited) }()
+	defer func() {
+		_ = cmd.Process.Kill()
+		<-p.exited
+	}()
+	waitReady(t, p)
+	if _, err := w.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	time.Sleep(300 * time.Millisecond)
+	if !p.alive() {
+		t.Fatalf("released pause exited: %v", p.err)
+	}
+	pid := cmd.Process.Pid
+	v, _ := statusField(pid, "Threads")
+	threads, err = strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("Threads %q: %v", v, err)
+	}
+	pssAnon = smapsRollupKiB(t, pid, "Pss_Anon")
+	pss = smapsRollupKiB(t, pid, "Pss")
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.waitExit(t, time.Second); code != 0 {
+		t.Fatalf("exit code %d on SIGTERM, want 0", code)
+	}
+	return threads, pssAnon, pss
+}
+
+func smapsRollupKiB(t *testing.T, pid int, key string) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			f := strings.Fields(v)
+			if len(f) == 2 && f[1] == "kB" {
+				if n, err := strconv.Atoi(f[0]); err == nil {
+					return n
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s in smaps_rollup of %d", key, pid)
+	return 0
+}
+
+func median(v []int) int {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
