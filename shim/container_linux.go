@@ -68,6 +68,19 @@ func (c *container) snapshot() ContainerState {
 // shim keeps the stdio and the log, and becomes the init's parent when
 // the helper exits.
 func (s *server) create(cs ContainerSpec) (retErr error) {
+	// The helper starts up (exec, Go runtime) while the shim prepares.
+	s.reaper.begin()
+	defer s.reaper.end()
+	h, err := s.acquireHelper()
+	if err != nil {
+		return err
+	}
+	called := false
+	defer func() {
+		if !called {
+			h.conn.Close() // the helper ends, idle
+		}
+	}()
 	if err := validateSpec(&cs); err != nil {
 		return err
 	}
@@ -113,7 +126,6 @@ func (s *server) create(cs ContainerSpec) (retErr error) {
 		}
 	}()
 
-	var err error
 	if c.log, err = openCRILog(cs.LogPath); err != nil {
 		return fmt.Errorf("container %s: open log: %w", cs.ID, err)
 	}
@@ -128,7 +140,8 @@ func (s *server) create(cs ContainerSpec) (retErr error) {
 		return fmt.Errorf("container %s: %w", cs.ID, err)
 	}
 	pid := 0
-	rep, err := s.runHelper(&lcRequest{Op: lcCreate, ID: cs.ID, Spec: &hs, PodCgroup: s.podCgroup}, child, func(rep *lcReply) {
+	called = true
+	rep, err := s.callHelper(h, &lcRequest{Op: lcCreate, ID: cs.ID, Spec: &hs, PodCgroup: s.podCgroup}, child, func(rep *lcReply) {
 		if rep.Error == "" && rep.Pid > 0 {
 			pid = rep.Pid
 			s.reaper.register(pid, func(e exit) { go c.onExit(e) })

@@ -151,8 +151,10 @@ func (s *server) helperExited(h *helperProc, e exit) {
 	h.exit <- e
 }
 
-// call sends req and the files to the helper and returns its reply once
-// the helper has exited.
+// call sends req and the files to the helper and returns its reply. The
+// helper closes its side once it replied, then exits: with a reply, its
+// exit (collected by the reaper all the same) is not waited for; without
+// one, it tells what happened.
 func (h *helperProc) call(req *lcRequest, files []*os.File) (*lcReply, error) {
 	defer h.conn.Close()
 	b, err := json.Marshal(req)
@@ -160,13 +162,15 @@ func (h *helperProc) call(req *lcRequest, files []*os.File) (*lcReply, error) {
 		err = h.send(b, files)
 	}
 	out, rerr := io.ReadAll(io.LimitReader(h.conn, 1<<20))
-	e := <-h.exit
 	if len(bytes.TrimSpace(out)) > 0 {
 		var rep lcReply
-		if err := json.Unmarshal(out, &rep); err != nil {
-			return nil, fmt.Errorf("helper %s: bad reply %q: %w", req.Op, out, err)
+		if err := json.Unmarshal(out, &rep); err == nil {
+			return &rep, nil
 		}
-		return &rep, nil
+	}
+	e := <-h.exit
+	if len(bytes.TrimSpace(out)) > 0 {
+		return nil, fmt.Errorf("helper %s ended with %s, bad reply %q", req.Op, describeExit(e), out)
 	}
 	if e.status.Exited() && e.status.ExitStatus() == helperExitUnused {
 		return nil, errHelperUnused
@@ -222,21 +226,37 @@ func helperFiles(req *lcRequest, cs childStdio) []*os.File {
 // gets the reply before the reaper's window closes: it registers the pids
 // the reply names. The error is the reply's, or why there is none.
 func (s *server) runHelper(req *lcRequest, cs childStdio, fn func(*lcReply)) (*lcReply, error) {
-	req.Root = s.runcRoot
-	files := helperFiles(req, cs)
 	s.reaper.begin()
 	defer s.reaper.end()
+	h, err := s.acquireHelper()
+	if err != nil {
+		return nil, err
+	}
+	return s.callHelper(h, req, cs, fn)
+}
+
+// acquireHelper is the spare, or a new helper. The caller has called
+// s.reaper.begin, and passes the helper to callHelper, or closes its conn
+// (the helper then exits).
+func (s *server) acquireHelper() (*helperProc, error) {
+	if h := s.takeSpare(); h != nil {
+		return h, nil
+	}
+	return s.spawnHelper(false)
+}
+
+// callHelper is runHelper's call, with a helper from acquireHelper.
+func (s *server) callHelper(h *helperProc, req *lcRequest, cs childStdio, fn func(*lcReply)) (*lcReply, error) {
+	req.Root = s.runcRoot
+	files := helperFiles(req, cs)
 	for {
-		h := s.takeSpare()
-		if h == nil {
-			var err error
+		rep, err := h.call(req, files)
+		if errors.Is(err, errHelperUnused) {
+			// A spare that timed out just then: start one.
 			if h, err = s.spawnHelper(false); err != nil {
 				return nil, err
 			}
-		}
-		rep, err := h.call(req, files)
-		if errors.Is(err, errHelperUnused) {
-			continue // a spare that timed out just then
+			continue
 		}
 		if err != nil {
 			return nil, err
@@ -250,29 +270,44 @@ func (s *server) runHelper(req *lcRequest, cs childStdio, fn func(*lcReply)) (*l
 
 // preSpawn starts a helper ahead of the pod's first call, which then does
 // not wait for the helper's exec and start-up; unused, it ends by itself
-// after spareIdle.
+// after spareIdle. It returns at once: a call meanwhile waits for it
+// (takeSpare), which is quicker than starting another.
 func (s *server) preSpawn() {
-	s.reaper.begin()
-	defer s.reaper.end()
-	h, err := s.spawnHelper(true)
-	if err != nil {
-		s.log.Warn("start a spare helper", "err", err)
-		return
-	}
+	done := make(chan struct{})
 	s.spareMu.Lock()
-	select {
-	case e := <-h.exit:
-		// Gone already (its exit came before it was the spare).
-		s.log.Warn("spare helper ended at once", "exit", describeExit(e))
-		h.conn.Close()
-	default:
-		s.spare = h
-	}
+	s.spareSpawning = done
 	s.spareMu.Unlock()
+	go func() {
+		defer close(done)
+		s.reaper.begin()
+		defer s.reaper.end()
+		h, err := s.spawnHelper(true)
+		s.spareMu.Lock()
+		defer s.spareMu.Unlock()
+		s.spareSpawning = nil
+		if err != nil {
+			s.log.Warn("start a spare helper", "err", err)
+			return
+		}
+		select {
+		case e := <-h.exit:
+			// Gone already (its exit came before it was the spare).
+			s.log.Warn("spare helper ended at once", "exit", describeExit(e))
+			h.conn.Close()
+		default:
+			s.spare = h
+		}
+	}()
 }
 
 // takeSpare is the helper preSpawn started, if it still waits.
 func (s *server) takeSpare() *helperProc {
+	s.spareMu.Lock()
+	spawning := s.spareSpawning
+	s.spareMu.Unlock()
+	if spawning != nil {
+		<-spawning
+	}
 	s.spareMu.Lock()
 	defer s.spareMu.Unlock()
 	h := s.spare

@@ -143,10 +143,21 @@ func TestHelpersDoNotLinger(t *testing.T) {
 	idle := newPod(t)
 	p := newPod(t)
 	p.run(p.spec("h1", false, "sleep", "1000"))
+	// A call returns once the helper replied; the helper's exit and its
+	// reaping follow within moments.
 	check := func(what string) {
 		t.Helper()
-		if hs := helpers(t, p.client.Pid()); len(hs) > 0 {
-			t.Errorf("after %s, helpers remain: %v", what, hs)
+		deadline := time.Now().Add(time.Second)
+		for {
+			hs := helpers(t, p.client.Pid())
+			if len(hs) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("after %s, helpers remain: %v", what, hs)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	check("create and start")

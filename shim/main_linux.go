@@ -4,6 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // Main is the shim subcommand (`peapod shim` or `peapod-shim shim`) with its
@@ -25,6 +27,9 @@ func Main(args []string) error {
 	}
 	opts := ServeOptions{Dir: *dir, PodCgroup: *podCgroup}
 	if *readyFD >= 0 {
+		// Inherited without close-on-exec: the helpers the shim starts
+		// must not hold it (Start reads it to EOF).
+		unix.CloseOnExec(*readyFD)
 		opts.Ready = os.NewFile(uintptr(*readyFD), "ready")
 		if opts.Ready == nil {
 			return fmt.Errorf("bad --ready-fd %d", *readyFD)

@@ -41,8 +41,9 @@ type server struct {
 	// argv[0].
 	exe, argv0 string
 
-	spareMu sync.Mutex
-	spare   *helperProc // started ahead of the first call (preSpawn)
+	spareMu       sync.Mutex
+	spare         *helperProc   // started ahead of the first call (preSpawn)
+	spareSpawning chan struct{} // closed once preSpawn's helper started
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -94,6 +95,9 @@ func serve(opts ServeOptions) error {
 		return fmt.Errorf("shim: another shim (pid %d) serves %s", c.Pid(), opts.Dir)
 	}
 	s.reaper = newReaper()
+	// The spare starts while the shim gets ready: the daemon's first
+	// create follows right after.
+	s.preSpawn()
 	s.trim = newTrimmer(s.log)
 	l, err := listenSocket(opts.Dir)
 	if err != nil {
@@ -108,7 +112,6 @@ func serve(opts ServeOptions) error {
 		opts.Ready.Close()
 	}
 	s.log.Info("shim serving", "pid", os.Getpid(), "podCgroup", opts.PodCgroup)
-	s.preSpawn()
 	for {
 		conn, err := l.AcceptUnix()
 		if err != nil {
