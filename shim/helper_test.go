@@ -185,3 +185,33 @@ func TestHelpersDoNotLinger(t *testing.T) {
 	// And the shim still serves creates without it.
 	idle.run(idle.spec("late", false, "sleep", "1000"))
 }
+
+// TestStartOfADeadInit: the shim reads the exec fifo itself; an init that
+// died before start makes StartContainer fail, not hang, and its exit is
+// recorded.
+func TestStartOfADeadInit(t *testing.T) {
+	ctx := context.Background()
+	p := newPod(t)
+	if err := p.client.CreateContainer(ctx, p.spec("dead", false, "echo", "never")); err != nil {
+		t.Fatal(err)
+	}
+	// The init only: no kill-all helper.
+	if err := p.client.Signal(ctx, "dead", unix.SIGKILL, false); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.client.StartContainer(ctx, "dead") }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("start of a killed init succeeded")
+		}
+		t.Logf("start: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("start of a killed init hangs")
+	}
+	st := p.wait("dead")
+	if st.Status != StatusExited || st.ExitCode != 128+int(unix.SIGKILL) {
+		t.Errorf("state %+v, want exited by SIGKILL", st)
+	}
+}
