@@ -141,6 +141,8 @@ func (s *server) handle(conn *net.UnixConn) {
 	}
 	if trims(req.Op) {
 		defer s.trim.soon()
+	} else {
+		defer s.trim.afterPoll()
 	}
 	switch req.Op {
 	case opExec:
