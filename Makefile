@@ -20,8 +20,15 @@ pause:
 
 # The per-pod shim (and containers' init) as a lean program of its own,
 # which peapod embeds; same cgo and tags as peapod.
+# It is linked statically when the static libraries are there (libc6-dev,
+# libseccomp-dev): the shim, each of its libcontainer helpers and each
+# container's init exec this binary, and a static one starts ~0.5 ms faster
+# (no dynamic loader) with fewer private pages.
+SHIM_STATIC     := $(shell for l in libc.a libseccomp.a; do case "$$(gcc -print-file-name=$$l 2>/dev/null)" in /*) ;; *) exit; esac; done; echo yes)
+SHIM_LDFLAGS    := $(if $(SHIM_STATIC),-linkmode external -extldflags -static)
+SHIM_TAGS        = $(PEAPOD_TAGS)$(if $(SHIM_STATIC), netgo osusergo)
 shim:
-	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(PEAPOD_TAGS)" -ldflags "-s -w -X main.version=$(VERSION)" -o shim/embedded/bin/peapod-shim ./shim/peapod-shim
+	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(SHIM_TAGS)" -ldflags "-s -w $(SHIM_LDFLAGS) -X main.version=$(VERSION)" -o shim/embedded/bin/peapod-shim ./shim/peapod-shim
 
 # cgo: libcontainer's nsenter (the `peapod init` of containers) is C. Seccomp
 # filters need libseccomp (Debian: libseccomp-dev); without it peapod builds
