@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/fs"
@@ -114,9 +115,11 @@ func (p PodCgroup) SetResources(r *specs.LinuxResources) error {
 }
 
 var (
-	cpuListRE  = regexp.MustCompile(`^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$`)
-	pageSizeRE = regexp.MustCompile(`^[0-9]+(KB|MB|GB|TB|PB)$`)
-	unifiedRE  = regexp.MustCompile(`^[a-z_]+\.[a-z0-9_.]+$`)
+	// Compiled on first use: every process of peapod's (the per-pod shim
+	// and its helpers too) would otherwise pay for them at start.
+	cpuListRE  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$`) })
+	pageSizeRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9]+(KB|MB|GB|TB|PB)$`) })
+	unifiedRE  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z_]+\.[a-z0-9_.]+$`) })
 )
 
 // resources checks r and converts it for the cgroup managers.
@@ -191,7 +194,7 @@ func (p PodCgroup) resources(roots map[string]string, r *specs.LinuxResources) (
 	if len(r.HugepageLimits) > 0 && p.hasController(roots, "hugetlb") {
 		sizes := cgroups.HugePageSizes()
 		for _, h := range r.HugepageLimits {
-			if !pageSizeRE.MatchString(h.Pagesize) {
+			if !pageSizeRE().MatchString(h.Pagesize) {
 				return nil, invalidRes("hugepage size %q: want a size such as 2MB or 1GB", h.Pagesize)
 			}
 			if !slices.Contains(sizes, h.Pagesize) {
@@ -201,7 +204,7 @@ func (p PodCgroup) resources(roots map[string]string, r *specs.LinuxResources) (
 		}
 	}
 	for k, v := range r.Unified {
-		if !unifiedRE.MatchString(k) || strings.HasPrefix(k, "cgroup.") || strings.ContainsAny(v, "\n\x00") {
+		if !unifiedRE().MatchString(k) || strings.HasPrefix(k, "cgroup.") || strings.ContainsAny(v, "\n\x00") {
 			return nil, invalidRes("unified key %q (value %q): want a controller file such as memory.high", k, v)
 		}
 		if k == "pids.max" {
@@ -232,7 +235,7 @@ func (p PodCgroup) resources(roots map[string]string, r *specs.LinuxResources) (
 // checkCPUList checks a cpuset list's syntax and that every cpu (node) in
 // it is one the pod may use.
 func checkCPUList(what, list, avail string) error {
-	if !cpuListRE.MatchString(list) {
+	if !cpuListRE().MatchString(list) {
 		return invalidRes("%s %q: want a list such as 0-2,4", what, list)
 	}
 	want, err := parseCPUList(list)

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
@@ -37,7 +38,7 @@ const scopePrefix = "peapod"
 func scopeUnit(id string) string { return scopePrefix + "-" + id + ".scope" }
 
 // unitNameRE is what systemd accepts in a unit name prefix.
-var sliceNameRE = regexp.MustCompile(`^[A-Za-z0-9:_.\\-]+\.slice$`)
+var sliceNameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9:_.\\-]+\.slice$`) })
 
 // SystemdAvailable says whether the systemd driver can work here: systemd
 // is the init system and answers on the system D-Bus. The error says what
@@ -89,7 +90,7 @@ func sliceOfPath(p string) (string, error) {
 		return "", fmt.Errorf("default cgroup parent %q: must be an absolute, clean path below /", p)
 	}
 	s := strings.ReplaceAll(strings.TrimPrefix(p, "/"), "/", "-") + ".slice"
-	if !sliceNameRE.MatchString(s) {
+	if !sliceNameRE().MatchString(s) {
 		return "", fmt.Errorf("default cgroup parent %q: %q is not a valid systemd slice name", p, s)
 	}
 	if _, err := systemd.ExpandSlice(s); err != nil {
@@ -156,7 +157,7 @@ func (d systemdDriver) CreatePodCgroup(cgroupParent, sandboxID string) (PodCgrou
 
 // checkSlice validates a kubelet's cgroup_parent for the systemd driver.
 func checkSlice(parent string) error {
-	if !sliceNameRE.MatchString(parent) || strings.Contains(parent, "/") {
+	if !sliceNameRE().MatchString(parent) || strings.Contains(parent, "/") {
 		hint := "want a systemd slice name such as kubepods-besteffort-pod<uid>.slice"
 		if strings.HasPrefix(parent, "/") {
 			hint = "this is a cgroupfs path, but peapod runs with --cgroup-driver systemd: set the kubelet's cgroupDriver to systemd too"

@@ -1,8 +1,6 @@
 package shim
 
 import (
-	"os"
-	"os/signal"
 	"sync"
 	"time"
 
@@ -29,6 +27,7 @@ type reaper struct {
 	waiters  map[int]func(exit)
 	early    map[int]exit // exits of pids not registered yet
 	inflight int          // helpers whose processes are not all registered
+	kick     chan struct{} // a child may exist now (begin)
 }
 
 // exit is how a process ended.
@@ -46,16 +45,37 @@ func (e exit) code() int {
 }
 
 func newReaper() *reaper {
-	r := &reaper{waiters: map[int]func(exit){}, early: map[int]exit{}}
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, unix.SIGCHLD)
-	go func() {
-		r.reap()
-		for range ch {
-			r.reap()
-		}
-	}()
+	r := &reaper{waiters: map[int]func(exit){}, early: map[int]exit{}, kick: make(chan struct{}, 1)}
+	go r.loop()
 	return r
+}
+
+// loop reaps whenever a child has ended. It does not use os/signal: its
+// SIGCHLD delivery keeps three OS threads of its own (the signal-mask
+// thread, the template thread that one needs, the receiver), and in a
+// process that runs once per pod each thread costs ~40 KiB. A blocking
+// waitid with WNOWAIT, which leaves the child to reap, parks one thread.
+// With no child at all (ECHILD) it waits for begin or register, which
+// every start of a helper goes through (orphans only come from
+// descendants, so none can appear meanwhile), or for a second to pass, for
+// a child started some other way.
+func (r *reaper) loop() {
+	for {
+		r.reap()
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		switch err {
+		case nil, unix.EINTR:
+		case unix.ECHILD:
+			select {
+			case <-r.kick:
+			case <-time.After(time.Second):
+			}
+		default:
+			// Not expected from waitid(P_ALL); do not spin.
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 }
 
 // begin opens a window in which exits of unregistered pids are kept: call
@@ -65,6 +85,15 @@ func (r *reaper) begin() {
 	r.mu.Lock()
 	r.inflight++
 	r.mu.Unlock()
+	r.poke()
+}
+
+// poke wakes the loop if it waits for a first child.
+func (r *reaper) poke() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (r *reaper) end() {
@@ -81,6 +110,7 @@ func (r *reaper) end() {
 // process already ended) when pid is reaped. onExit must not block. The
 // pid must be a child of the shim or of a helper in flight (begin).
 func (r *reaper) register(pid int, onExit func(exit)) {
+	defer r.poke()
 	r.mu.Lock()
 	e, done := r.early[pid]
 	delete(r.early, pid)
