@@ -32,8 +32,8 @@ type Driver interface {
 	// RemoveParentIfEmpty removes the default parent when no pod is left.
 	RemoveParentIfEmpty() error
 	// PauseBornInCgroup says whether a pause can be started straight into
-	// its pod's cgroup (PodCgroup.PauseCgroupFD: cgroup v2 with cgroupfs);
-	// otherwise AddPause moves it there after it started.
+	// its pod's cgroup (PodCgroup.StartPause: cgroupfs on v2, or on v1 as
+	// root); otherwise AddPause moves it there after it started.
 	PauseBornInCgroup() bool
 }
 
@@ -71,7 +71,7 @@ type cgroupfsDriver struct{ defaultParent string }
 
 func (cgroupfsDriver) Name() string { return DriverCgroupfs }
 
-func (cgroupfsDriver) PauseBornInCgroup() bool { return DetectMode() == ModeV2 }
+func (cgroupfsDriver) PauseBornInCgroup() bool { return DetectMode() == ModeV2 || !inUserNS() }
 
 func (d cgroupfsDriver) CreatePodCgroup(cgroupParent, sandboxID string) (PodCgroup, error) {
 	return CreatePodCgroup(cgroupParent, d.defaultParent, sandboxID)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/fs"
@@ -191,6 +193,122 @@ func (p PodCgroup) PauseCgroupFD() (int, error) {
 		return -1, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
 	return fd, nil
+}
+
+// StartPause calls start, which starts the pause process, so that the
+// pause is born in its cgroups where it can be, and reports whether it was
+// (otherwise the caller moves it there with AddPause):
+//
+//   - v2 with cgroupfs: start gets PauseCgroupFD for clone3's
+//     CLONE_INTO_CGROUP.
+//   - v1 (legacy or hybrid) with cgroupfs, as root: start runs on a new OS
+//     thread that first moved itself into the pause cgroup of every v1
+//     hierarchy (0 written to `tasks`), so the process it forks inherits
+//     them; the hybrid cgroup2 mount, where only whole processes move, is
+//     covered by CLONE_INTO_CGROUP. Moving a process (cgroup.procs, what
+//     AddPause does) takes a global lock whose RCU grace period costs
+//     several milliseconds; a thread moving only itself does not take it.
+//     The thread ends with the call: it must never run anything else.
+//   - Otherwise (systemd, rootless) start gets -1.
+func (p PodCgroup) StartPause(start func(cgroupFD int) error) (bornIn bool, err error) {
+	if p.Driver != DriverSystemd && p.Mode == ModeV2 {
+		fd, err := p.PauseCgroupFD()
+		if err != nil {
+			return false, err
+		}
+		if fd >= 0 {
+			defer unix.Close(fd)
+		}
+		return fd >= 0, start(fd)
+	}
+	if p.Driver == DriverSystemd || p.Mode != ModeV1 || inUserNS() {
+		return false, start(-1)
+	}
+	if err := p.check(); err != nil {
+		return false, err
+	}
+	roots, err := hierarchyRoots(p.Mode)
+	if err != nil {
+		return false, err
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := threadCgroups()
+		if err != nil {
+			errc <- err // still where it was: the thread may be reused
+			runtime.UnlockOSThread()
+			return
+		}
+		cgfd := -1
+		var left []string // roots whose pause cgroup this thread joined
+		// Back home before anyone learns of the pause: a thread of the
+		// daemon in a pod's cgroup would count in its stats, and a
+		// teardown that kills everything there would kill the daemon.
+		// A thread that cannot go back stays locked, and so ends with
+		// this goroutine.
+		defer func() {
+			for _, root := range left {
+				if os.WriteFile(filepath.Join(root, home[root], "tasks"), []byte("0"), 0) != nil {
+					return
+				}
+			}
+			runtime.UnlockOSThread()
+		}()
+		for key, root := range roots {
+			dir := filepath.Join(root, p.PausePath)
+			if optionalHierarchy(p.Mode, key) && !exists(dir) {
+				continue
+			}
+			if key == "" { // the hybrid cgroup2 mount
+				fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_PATH|unix.O_CLOEXEC, 0)
+				if err != nil {
+					errc <- &os.PathError{Op: "open", Path: dir, Err: err}
+					return
+				}
+				defer unix.Close(fd)
+				cgfd = fd
+				continue
+			}
+			if _, ok := home[root]; !ok {
+				errc <- fmt.Errorf("join pause cgroup %s: this thread's own cgroup there is unknown", dir)
+				return
+			}
+			if err := os.WriteFile(filepath.Join(dir, "tasks"), []byte("0"), 0); err != nil {
+				errc <- fmt.Errorf("join pause cgroup %s: %w", dir, err)
+				return
+			}
+			left = append(left, root)
+		}
+		errc <- start(cgfd)
+	}()
+	return true, <-errc
+}
+
+// threadCgroups maps each mounted v1 hierarchy root to the calling thread's
+// cgroup in it (/proc/thread-self/cgroup).
+func threadCgroups() (map[string]string, error) {
+	b, err := os.ReadFile("/proc/thread-self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	roots, err := hierarchyRoots(ModeV1)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 || f[1] == "" {
+			continue // the cgroup2 line: not a v1 hierarchy
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			if root, ok := roots[c]; ok {
+				out[root] = f[2]
+			}
+		}
+	}
+	return out, nil
 }
 
 // Remove kills whatever still runs in the pause cgroup, waits (bounded)

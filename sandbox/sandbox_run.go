@@ -94,25 +94,24 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	}
 	st.mark("record")
 
-	// Pod cgroup and pause. On cgroup v2 (cgroupfs) the pause is born in
-	// its cgroup, which must exist first; elsewhere it joins its cgroups
-	// later anyway, so it starts while they are being made.
+	// Pod cgroup and pause. With cgroupfs (v2, or v1 as root) the pause is
+	// born in its cgroup, which must exist first; elsewhere it joins its
+	// cgroups later anyway, so it starts while they are being made.
 	var release *releasePipe
 	inCgroup := m.cgroups.PauseBornInCgroup()
 	if inCgroup {
 		if err := m.createPodCgroup(rec); err != nil {
 			return err
 		}
-		cgfd, err := rec.Cgroup.PauseCgroupFD()
+		var perr error
+		inCgroup, err = rec.Cgroup.StartPause(func(cgfd int) error {
+			release, perr = m.launchPause(rec, cgfd)
+			return perr
+		})
 		if err != nil {
-			return fmt.Errorf("pod cgroup: %w", err)
-		}
-		inCgroup = cgfd >= 0
-		release, err = m.launchPause(rec, cgfd)
-		if cgfd >= 0 {
-			syscall.Close(cgfd)
-		}
-		if err != nil {
+			if perr == nil {
+				err = fmt.Errorf("pod cgroup: %w", err)
+			}
 			return err
 		}
 	} else {

@@ -103,6 +103,10 @@ func benchContainers(ctx context.Context, env *benchEnv, t *target, namer *podNa
 		return nil, err
 	}
 
+	// The pulls' writeback must not land in the timed starts: a runtime's
+	// record syncs would wait for it (both runtimes sync their state).
+	unix.Sync()
+
 	// A warm-up pod with its container first (not counted): the runtime's
 	// first container may load what later ones find ready.
 	warm, err := podWithContainer(ctx, t, w, namer, "ctr-warmup", bbID, nil)
