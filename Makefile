@@ -18,17 +18,22 @@ build: peapod cni
 pause:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o pause/embedded/pause.bin ./pause
 
-# The per-pod shim (and containers' init) as a lean program of its own,
-# which peapod embeds; same cgo and tags as peapod.
-# It is linked statically when the static libraries are there (libc6-dev,
-# libseccomp-dev): the shim, each of its libcontainer helpers and each
-# container's init exec this binary, and a static one starts ~0.5 ms faster
-# (no dynamic loader) with fewer private pages.
-SHIM_STATIC     := $(shell for l in libc.a libseccomp.a; do case "$$(gcc -print-file-name=$$l 2>/dev/null)" in /*) ;; *) exit; esac; done; echo yes)
+# The per-pod shim as two lean programs, which peapod embeds:
+# - peapod-shim, the resident (one per pod, for the pod's life): no cgo and
+#   no libcontainer, static by itself.
+# - peapod-lc, its one-shot libcontainer helper and the containers' init:
+#   same cgo and tags as peapod, linked statically when the static
+#   libraries are there (libc6-dev, libseccomp-dev): each helper and each
+#   container's init execs it, and a static one starts ~0.5 ms faster (no
+#   dynamic loader) with fewer private pages.
+# (The case patterns are written "(pattern)": an unbalanced ")" would end
+# the $(shell ...) early.)
+SHIM_STATIC     := $(shell for l in libc.a libseccomp.a; do case "$$(gcc -print-file-name=$$l 2>/dev/null)" in (/*) ;; (*) exit;; esac; done; echo yes)
 SHIM_LDFLAGS    := $(if $(SHIM_STATIC),-linkmode external -extldflags -static)
 SHIM_TAGS        = $(PEAPOD_TAGS)$(if $(SHIM_STATIC), netgo osusergo)
 shim:
-	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(SHIM_TAGS)" -ldflags "-s -w $(SHIM_LDFLAGS) -X main.version=$(VERSION)" -o shim/embedded/bin/peapod-shim ./shim/peapod-shim
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o shim/embedded/bin/peapod-shim ./shim/peapod-shim
+	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(SHIM_TAGS)" -ldflags "-s -w $(SHIM_LDFLAGS) -X main.version=$(VERSION)" -o shim/embedded/bin/peapod-lc ./shim/peapod-lc
 
 # cgo: libcontainer's nsenter (the `peapod init` of containers) is C. Seccomp
 # filters need libseccomp (Debian: libseccomp-dev); without it peapod builds
@@ -82,7 +87,7 @@ install: build
 	install -m 0755 $(BIN)/cni/* /opt/cni/bin/
 
 clean:
-	rm -rf $(BIN) pause/embedded/pause.bin shim/embedded/bin/peapod-shim
+	rm -rf $(BIN) pause/embedded/pause.bin shim/embedded/bin/peapod-shim shim/embedded/bin/peapod-lc
 
 # critest, the CRI conformance suite (validation specs), against a private
 # peapod, offline: images built and served in-process, see integration/critest.

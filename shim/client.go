@@ -28,6 +28,22 @@ type StartOptions struct {
 	// PodCgroup is the pod's cgroupfs path: containers get
 	// <PodCgroup>/<id> unless their spec names a cgroup.
 	PodCgroup string
+	// Helper is the libcontainer helper program (peapod-lc) the shim
+	// runs for create, exec, kill-all, delete and update; default: the
+	// one RegisterHelper named for Binary, else none, and the shim runs
+	// its own executable as `shim lc` (the whole peapod does that).
+	Helper string
+}
+
+// helperPrograms maps a shim program to its helper program (RegisterHelper).
+var helperPrograms sync.Map
+
+// RegisterHelper says that shims run from the program shimBinary get
+// helperBinary as their libcontainer helper (StartOptions.Helper) unless
+// a Start names another. shim/embedded's Install registers the pair it
+// installs, so that the daemon, which passes only Binary, runs both.
+func RegisterHelper(shimBinary, helperBinary string) {
+	helperPrograms.Store(shimBinary, helperBinary)
 }
 
 // Client talks to one pod's shim. It holds no connection between calls and
@@ -37,7 +53,7 @@ type Client struct {
 	pid int
 }
 
-// Start spawns a shim (`peapod shim`) for a pod, detached in its own
+// Start spawns a shim (`peapod-shim shim` or `peapod shim`) for a pod, detached in its own
 // session so that it outlives the daemon, and returns once it serves. Its
 // stdout and stderr go to DIR/shim.log.
 func Start(ctx context.Context, opts StartOptions) (*Client, error) {
@@ -65,7 +81,19 @@ func Start(ctx context.Context, opts StartOptions) (*Client, error) {
 	}
 	defer ready.Close()
 
-	cmd := exec.Command(bin, "shim", "--dir", opts.Dir, "--pod-cgroup", opts.PodCgroup, "--ready-fd", "3")
+	args := []string{"shim", "--dir", opts.Dir, "--pod-cgroup", opts.PodCgroup, "--ready-fd", "3"}
+	helper := opts.Helper
+	if h, ok := helperPrograms.Load(bin); ok && helper == "" {
+		helper = h.(string)
+	}
+	if helper != "" {
+		// Now rather than at the pod's first create.
+		if st, err := os.Stat(helper); err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+			return nil, fmt.Errorf("start shim: helper %s is no executable file (%v)", helper, err)
+		}
+		args = append(args, "--lc", helper)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = "/"
 	cmd.Env = shimEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logf, logf

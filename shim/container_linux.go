@@ -81,7 +81,7 @@ func (s *server) create(cs ContainerSpec) (retErr error) {
 			h.conn.Close() // the helper ends, idle
 		}
 	}()
-	if err := validateSpec(&cs); err != nil {
+	if err := cs.Validate(); err != nil {
 		return err
 	}
 	// The helper knows no other container: it gets their namespaces as

@@ -191,7 +191,7 @@ func mergeEnv(base, over []string) []string {
 		out = append(out, kv)
 	}
 	if !hasEnv(out, "PATH") {
-		out = append(out, defaultPath)
+		out = append(out, DefaultPathEnv)
 	}
 	return out
 }

@@ -12,14 +12,21 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"peapod/shim/internal/lcproto"
 )
 
 // The resident shim never runs libcontainer itself: every operation that
 // needs it (create, exec, kill-all, delete, update) runs in a one-shot
-// helper, the shim's own executable as `<exe> shim lc`, as containerd's
-// shim runs runc. libcontainer's work leaves megabytes of garbage and
-// threads behind, and in a process that lives as long as the pod they stay
-// resident; in a helper they end with it.
+// helper, as containerd's shim runs runc. libcontainer's work leaves
+// megabytes of garbage and threads behind, and in a process that lives as
+// long as the pod they stay resident; in a helper they end with it. The
+// resident shim does not even link libcontainer (nor the cgroups, eBPF,
+// D-Bus and netlink code it pulls in): their package state, data and
+// threads would cost every pod. The helper is another program, peapod-lc
+// (`<lc> lc`, package shim/lc, the --lc path Start passes), or in a peapod
+// built without the embedded binaries the whole peapod (`peapod shim lc`,
+// the shim's own executable).
 //
 // The helper's stdin is a unix socket: the request goes there as JSON, the
 // process's stdio riding on it as SCM_RIGHTS (helperFiles), and the reply
@@ -30,63 +37,27 @@ import (
 // re-parented to the shim, its subreaper, and the shim's reaper collects
 // its exit and the helper's own (reaper_linux.go).
 //
-// The helper's side is lc_linux.go.
-
-// helperArg is the argument after "shim" that selects the helper.
-const helperArg = "lc"
+// The wire types are package shim/internal/lcproto's.
 
 // Operations of the helper.
 const (
-	lcCreate  = "create"
-	lcExec    = "exec"
-	lcKillAll = "kill-all"
-	lcDelete  = "delete"
-	lcUpdate  = "update"
+	lcCreate  = lcproto.Create
+	lcExec    = lcproto.Exec
+	lcKillAll = lcproto.KillAll
+	lcDelete  = lcproto.Delete
+	lcUpdate  = lcproto.Update
 )
 
-// lcRequest is a helper's work.
-type lcRequest struct {
-	Op   string `json:"op"`
-	Root string `json:"root"` // libcontainer's state root
-	ID   string `json:"id"`
-	// Spec: create (namespace paths of other containers resolved), update
-	// (with the new resources).
-	Spec      *ContainerSpec `json:"spec,omitempty"`
-	PodCgroup string         `json:"podCgroup,omitempty"`
-	Process   *lcProcess     `json:"process,omitempty"` // exec
-	Signal    int            `json:"signal,omitempty"`  // kill-all
-	// Stdio: descriptors of the helper (3 on: helperFiles order), -1 none.
-	Stdin, Stdout, Stderr, ConsoleSocket int
-}
+type (
+	lcRequest = lcproto.Request[ContainerSpec]
+	lcProcess = lcproto.Process
+	lcReply   = lcproto.Reply
+)
 
-// lcProcess is an exec process.
-type lcProcess struct {
-	Args          []string `json:"args"`
-	Env           []string `json:"env"`
-	Cwd           string   `json:"cwd"`
-	UID           int      `json:"uid"`
-	GID           int      `json:"gid"`
-	Groups        []int    `json:"groups,omitempty"`
-	ConsoleWidth  uint16   `json:"consoleWidth,omitempty"`
-	ConsoleHeight uint16   `json:"consoleHeight,omitempty"`
-}
-
-// lcReply is a helper's answer.
-type lcReply struct {
-	Error string `json:"error,omitempty"`
-	Code  string `json:"code,omitempty"` // errCodes
-	Pid   int    `json:"pid,omitempty"`
-	// CgroupPaths: the container's cgroup in each hierarchy (create).
-	CgroupPaths map[string]string `json:"cgroupPaths,omitempty"`
-}
-
-func (r *lcReply) err() error {
+// replyErr is the error a helper's reply carries, with its sentinel.
+func replyErr(r *lcReply) error {
 	return (&response{Error: r.Error, Code: r.Code}).err()
 }
-
-// helperExitUnused is the exit status of a helper that was started ahead
-// of time and given no work (preSpawn): it did nothing.
-const helperExitUnused = 3
 
 // spareIdle is how long a helper started ahead of time waits for work.
 const spareIdle = 5 * time.Second
@@ -116,13 +87,13 @@ func (s *server) spawnHelper(idle bool) (*helperProc, error) {
 		return nil, fmt.Errorf("helper socket: %w", err)
 	}
 	conn := fc.(*net.UnixConn)
-	args := []string{s.argv0, "shim", helperArg}
+	args := append([]string(nil), s.helperArgs...)
 	if idle {
 		args = append(args, "--idle", spareIdle.String())
 	}
 	// stdout too goes to the shim's log: nothing but the socket carries
 	// the reply.
-	p, err := os.StartProcess(s.exe, args, &os.ProcAttr{Dir: "/", Files: []*os.File{theirs, os.Stderr, os.Stderr}})
+	p, err := os.StartProcess(s.helperExe, args, &os.ProcAttr{Dir: "/", Files: []*os.File{theirs, os.Stderr, os.Stderr}})
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start helper: %w", err)
@@ -172,7 +143,7 @@ func (h *helperProc) call(req *lcRequest, files []*os.File) (*lcReply, error) {
 	if len(bytes.TrimSpace(out)) > 0 {
 		return nil, fmt.Errorf("helper %s ended with %s, bad reply %q", req.Op, describeExit(e), out)
 	}
-	if e.status.Exited() && e.status.ExitStatus() == helperExitUnused {
+	if e.status.Exited() && e.status.ExitStatus() == lcproto.ExitUnused {
 		return nil, errHelperUnused
 	}
 	return nil, fmt.Errorf("helper %s ended with %s and no reply (see the shim log): %v", req.Op, describeExit(e), errors.Join(err, rerr))
@@ -264,7 +235,7 @@ func (s *server) callHelper(h *helperProc, req *lcRequest, cs childStdio, fn fun
 		if fn != nil {
 			fn(rep)
 		}
-		return rep, rep.err()
+		return rep, replyErr(rep)
 	}
 }
 

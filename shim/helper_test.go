@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"peapod/shim/internal/lcproto"
 )
 
 // reaperTestEnv makes the test binary run reaperScenario instead of the
@@ -104,7 +106,8 @@ func reaperScenario() {
 	os.Exit(0)
 }
 
-// helpers lists the shim's helper processes (`shim lc`), its children.
+// helpers lists the shim's helper processes (`peapod-lc lc`, or `peapod
+// shim lc`), its children.
 func helpers(t *testing.T, shimPid int) []string {
 	t.Helper()
 	var out []string
@@ -128,7 +131,7 @@ func helpers(t *testing.T, shimPid int) []string {
 		}
 		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
-		if len(args) >= 3 && args[1] == "shim" && args[2] == helperArg {
+		if len(args) >= 2 && args[1] == lcproto.Arg || len(args) >= 3 && args[1] == "shim" && args[2] == lcproto.Arg {
 			out = append(out, fmt.Sprintf("%d %s (state %s)", pid, strings.Join(args, " "), f[0]))
 		}
 	}

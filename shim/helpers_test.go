@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/userns"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -24,7 +25,9 @@ import (
 // peapodBin is the real binary the shim runs as, built once by TestMain:
 // the lean peapod-shim that peapod embeds and runs, or with
 // PEAPOD_SHIMTEST_WHOLE=1 the whole peapod (`peapod shim`, its fallback).
-var peapodBin string
+// lcBin is its helper, peapod-lc, or "" with the whole peapod (which runs
+// itself as `peapod shim lc`).
+var peapodBin, lcBin string
 
 // rootfs is a busybox root filesystem shared (read-only use) by the tests.
 var rootfs string
@@ -46,6 +49,7 @@ func TestMain(m *testing.M) {
 		// Re-executed in a user namespace by TestInUserNamespace: the
 		// parent built the binary and the rootfs.
 		peapodBin, rootfs = os.Getenv(usernsBinEnv), os.Getenv(usernsRootfsEnv)
+		lcBin = os.Getenv(usernsLCEnv)
 		cgroupParent = os.Getenv(usernsCgroupEnv)
 		os.Exit(m.Run())
 	}
@@ -63,10 +67,23 @@ func TestMain(m *testing.M) {
 	}
 	code := func() int {
 		defer os.RemoveAll(tmp)
-		peapodBin = filepath.Join(tmp, "peapod")
-		if err := buildPeapod(peapodBin); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+		if os.Getenv("PEAPOD_SHIMTEST_WHOLE") != "" {
+			peapodBin = filepath.Join(tmp, "peapod")
+			if err := buildPeapod(peapodBin, "./cmd/peapod", true); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		} else {
+			peapodBin, lcBin = filepath.Join(tmp, "peapod-shim"), filepath.Join(tmp, "peapod-lc")
+			// As the Makefile builds them: the resident without cgo.
+			if err := buildPeapod(peapodBin, "./shim/peapod-shim", false); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			if err := buildPeapod(lcBin, "./shim/peapod-lc", true); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
 		}
 		rootfs = filepath.Join(tmp, "rootfs")
 		if err := makeBusyboxRootfs(rootfs); err != nil {
@@ -78,21 +95,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildPeapod builds shim/peapod-shim (or cmd/peapod, see peapodBin).
-// Other packages of the module change under our feet; a transient compile
-// failure is retried for a while.
-func buildPeapod(out string) error {
-	pkg := "./shim/peapod-shim"
-	if os.Getenv("PEAPOD_SHIMTEST_WHOLE") != "" {
-		pkg = "./cmd/peapod"
-	}
+// buildPeapod builds pkg (shim/peapod-shim, shim/peapod-lc or cmd/peapod,
+// see peapodBin) into out, with cgo or without. Other packages of the
+// module change under our feet; a transient compile failure is retried for
+// a while.
+func buildPeapod(out, pkg string, cgo bool) error {
 	var last []byte
 	for attempt := range 4 {
 		if attempt > 0 {
 			time.Sleep(30 * time.Second)
 		}
 		args := []string{"build", "-o", out}
-		if exec.Command("pkg-config", "--exists", "libseccomp").Run() == nil {
+		if cgo && exec.Command("pkg-config", "--exists", "libseccomp").Run() == nil {
 			args = append(args, "-tags", "seccomp") // as the Makefile does
 		}
 		if os.Getenv("PEAPOD_SHIMTEST_RACE") != "" {
@@ -100,7 +114,10 @@ func buildPeapod(out string) error {
 		}
 		cmd := exec.Command("go", append(args, pkg)...)
 		cmd.Dir = ".."
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if cgo {
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+		}
 		b, err := cmd.CombinedOutput()
 		if err == nil {
 			return nil
@@ -197,7 +214,7 @@ func newPod(t *testing.T) *pod {
 		}
 		p.pins[kind] = pin
 	}
-	c, err := Start(context.Background(), StartOptions{Binary: peapodBin, Dir: p.shimDir, PodCgroup: p.cgroup})
+	c, err := Start(context.Background(), StartOptions{Binary: peapodBin, Helper: lcBin, Dir: p.shimDir, PodCgroup: p.cgroup})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,4 +375,19 @@ func memoryKiB(pid int) string {
 	}
 	return fmt.Sprintf("VmRSS %s KiB (RssAnon %s KiB), Pss %s KiB",
 		field("status", "VmRSS"), field("status", "RssAnon"), field("smaps_rollup", "Pss"))
+}
+
+// inUserNS reports whether the test runs in a user namespace (rootless),
+// as package shim/lc decides it.
+var inUserNS = userns.RunningInUserNS
+
+// hasCapSysResource reports whether this process holds CAP_SYS_RESOURCE,
+// as the helper checks before it lowers a container's oom_score_adj.
+func hasCapSysResource() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[unix.CAP_SYS_RESOURCE/32].Effective&(1<<(unix.CAP_SYS_RESOURCE%32)) != 0
 }

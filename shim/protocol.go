@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
+
+	"peapod/shim/internal/lcproto"
 )
 
 // A frame is a kind byte, a big-endian uint32 length, and that many bytes.
@@ -89,11 +91,11 @@ type response struct {
 }
 
 var errCodes = map[string]error{
-	"notfound":   ErrNotFound,
-	"exists":     ErrExists,
-	"invalid":    ErrInvalid,
-	"notrunning": ErrNotRunning,
-	"timeout":    ErrExecTimeout,
+	lcproto.CodeNotFound:   ErrNotFound,
+	lcproto.CodeExists:     ErrExists,
+	lcproto.CodeInvalid:    ErrInvalid,
+	lcproto.CodeNotRunning: ErrNotRunning,
+	lcproto.CodeTimeout:    ErrExecTimeout,
 }
 
 // errorResponse encodes err for the wire, keeping its sentinel.

@@ -25,8 +25,8 @@ import (
 type reaper struct {
 	mu       sync.Mutex
 	waiters  map[int]func(exit)
-	early    map[int]exit // exits of pids not registered yet
-	inflight int          // helpers whose processes are not all registered
+	early    map[int]exit  // exits of pids not registered yet
+	inflight int           // helpers whose processes are not all registered
 	kick     chan struct{} // a child may exist now (begin)
 }
 

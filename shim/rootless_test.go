@@ -24,6 +24,7 @@ import (
 
 const (
 	usernsBinEnv     = "PEAPOD_SHIMTEST_BIN"
+	usernsLCEnv      = "PEAPOD_SHIMTEST_LC"
 	usernsRootfsEnv  = "PEAPOD_SHIMTEST_ROOTFS"
 	usernsCgroupEnv  = "PEAPOD_SHIMTEST_CGROUP"
 	usernsPartialEnv = "PEAPOD_SHIMTEST_PARTIAL_CGROUP"
@@ -44,7 +45,6 @@ var usernsTests = []string{
 	"TestSeccompProfileIsApplied",
 	"TestAttachStreamsStdio",
 	"TestUpdateResources",
-	"TestOOMScoreAdjIsClampedWithoutCapSysResource",
 	"TestRootlessChildPartialDelegation",
 	"TestRootlessChildDevicesAreBindMounted",
 	"TestRootlessChildWithoutDelegation",
@@ -60,6 +60,7 @@ func TestInUserNamespace(t *testing.T) {
 		Net: true,
 		Env: []string{
 			usernsBinEnv + "=" + peapodBin,
+			usernsLCEnv + "=" + lcBin,
 			usernsRootfsEnv + "=" + rootfs,
 			usernsCgroupEnv + "=" + full,
 			usernsPartialEnv + "=" + partial,

@@ -15,15 +15,19 @@ import (
 	"syscall"
 	"time"
 
-	// Device rules of container cgroups need the devices controller code.
-	_ "github.com/opencontainers/cgroups/devices"
 	"golang.org/x/sys/unix"
+
+	"peapod/shim/internal/lcproto"
 )
 
 // ServeOptions configure the shim process (`peapod shim`).
 type ServeOptions struct {
 	Dir       string // the shim's directory, see the package doc
 	PodCgroup string // parent of the containers' cgroups
+	// Helper is the libcontainer helper program (peapod-lc), run as
+	// `Helper lc`; "" runs the shim's own executable as `shim lc`, which
+	// only the whole peapod serves.
+	Helper string
 	// Ready, when not nil, receives "ok\n" once the socket accepts calls,
 	// or the error that stopped the shim from starting; then it is closed.
 	Ready *os.File
@@ -37,9 +41,10 @@ type server struct {
 	trim      *trimmer
 	log       *slog.Logger
 	listener  *net.UnixListener
-	// exe is the shim's executable, which helpers run; argv0 their
-	// argv[0].
-	exe, argv0 string
+	// helperExe is the executable of the helpers, helperArgs their argv
+	// (before --idle).
+	helperExe  string
+	helperArgs []string
 
 	spareMu       sync.Mutex
 	spare         *helperProc   // started ahead of the first call (preSpawn)
@@ -82,9 +87,15 @@ func serve(opts ServeOptions) error {
 		log:        slog.New(slog.NewTextHandler(os.Stderr, nil)).With("shim", opts.Dir),
 		containers: map[string]*container{},
 		answered:   make(chan struct{}),
+	}
+	if opts.Helper != "" {
+		if !filepath.IsAbs(opts.Helper) {
+			return fmt.Errorf("shim: helper %q must be an absolute path", opts.Helper)
+		}
+		s.helperExe, s.helperArgs = opts.Helper, []string{opts.Helper, lcproto.Arg}
+	} else {
 		// The running executable even if its file was replaced.
-		exe:   "/proc/self/exe",
-		argv0: os.Args[0],
+		s.helperExe, s.helperArgs = "/proc/self/exe", []string{os.Args[0], "shim", lcproto.Arg}
 	}
 	for _, d := range []string{opts.Dir, s.runcRoot, filepath.Join(opts.Dir, "containers")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {

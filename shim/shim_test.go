@@ -432,7 +432,7 @@ func TestDaemonKillDoesNotDisturbThePod(t *testing.T) {
 	ticker := p.spec("ticker", false, "sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done")
 	leaver := p.spec("leaver", false, "sh", "-c", "sleep 1; echo bye; exit 7")
 	job, _ := json.Marshal(fakeDaemonJob{
-		Start: StartOptions{Binary: peapodBin, Dir: shimDir, PodCgroup: p.cgroup},
+		Start: StartOptions{Binary: peapodBin, Helper: lcBin, Dir: shimDir, PodCgroup: p.cgroup},
 		Specs: []ContainerSpec{ticker, leaver},
 	})
 	daemon := exec.Command(os.Args[0], "-test.run=^$")
@@ -735,7 +735,7 @@ func TestConcurrentLifecycles(t *testing.T) {
 
 func TestSecondShimForTheSameDirIsRefused(t *testing.T) {
 	p := newPod(t)
-	_, err := Start(context.Background(), StartOptions{Binary: peapodBin, Dir: p.shimDir, PodCgroup: p.cgroup})
+	_, err := Start(context.Background(), StartOptions{Binary: peapodBin, Helper: lcBin, Dir: p.shimDir, PodCgroup: p.cgroup})
 	if err == nil || !strings.Contains(err.Error(), "another shim") {
 		t.Fatalf("second Start: %v", err)
 	}

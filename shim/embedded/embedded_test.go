@@ -10,48 +10,67 @@ import (
 	"testing"
 )
 
-// With `make build` (or `make unit`) the binary is embedded: Install writes
-// it once, named by its hash, and the result runs. Built without it, Install
-// says so and writes nothing.
+// With `make build` (or `make unit`) both programs are embedded: Install
+// writes each once, named by its hash, returns the resident's path, and
+// both run. Built without them, Install says so and writes nothing.
 func TestInstall(t *testing.T) {
 	state := t.TempDir()
-	b := Binary()
+	shimBin, helperBin := Binary(ShimName), Binary(HelperName)
 	path, err := Install(state)
-	if len(b) == 0 {
+	if len(shimBin) == 0 && len(helperBin) == 0 {
 		if !errors.Is(err, ErrNone) || path != "" {
 			t.Fatalf("nothing embedded: Install = %q, %v; want ErrNone", path, err)
 		}
 		if _, err := os.Stat(filepath.Join(state, "bin")); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("nothing embedded, yet Install made %s/bin (%v)", state, err)
 		}
-		t.Log("no peapod-shim embedded (plain go test): only the fallback was checked; `make unit` checks the binary")
+		t.Log("no peapod-shim or peapod-lc embedded (plain go test): only the fallback was checked; `make unit` checks the binaries")
 		return
+	}
+	if len(shimBin) == 0 || len(helperBin) == 0 {
+		if err == nil {
+			t.Fatalf("only one program embedded (shim %d bytes, lc %d bytes), yet Install = %q", len(shimBin), len(helperBin), path)
+		}
+		t.Fatalf("only one program embedded (shim %d bytes, lc %d bytes): rebuild with `make shim`", len(shimBin), len(helperBin))
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if filepath.Dir(path) != filepath.Join(state, "bin") || !strings.HasPrefix(filepath.Base(path), "peapod-shim-") {
+	if filepath.Dir(path) != filepath.Join(state, "bin") || !strings.HasPrefix(filepath.Base(path), ShimName+"-") {
 		t.Fatalf("installed at %s", path)
 	}
-	got, err := os.ReadFile(path)
-	if err != nil || !bytes.Equal(got, b) {
-		t.Fatalf("installed file differs from the embedded binary (%v)", err)
+	helpers, _ := filepath.Glob(filepath.Join(state, "bin", HelperName+"-*"))
+	if len(helpers) != 1 {
+		t.Fatalf("installed helpers %v, want one", helpers)
 	}
-	st, _ := os.Stat(path)
-	if st.Mode().Perm()&0o111 == 0 {
-		t.Fatalf("%s is not executable: %v", path, st.Mode())
+	for p, want := range map[string][]byte{path: shimBin, helpers[0]: helperBin} {
+		got, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("installed %s differs from the embedded binary (%v)", p, err)
+		}
+		st, _ := os.Stat(p)
+		if st.Mode().Perm()&0o111 == 0 {
+			t.Fatalf("%s is not executable: %v", p, st.Mode())
+		}
 	}
-	// Again: the same path, no second file and no temporary left.
+	// Again: the same path, no more files and no temporary left.
 	again, err := Install(state)
 	if err != nil || again != path {
 		t.Fatalf("second Install = %q, %v; want %q", again, err, path)
 	}
 	ents, _ := os.ReadDir(filepath.Join(state, "bin"))
-	if len(ents) != 1 {
-		t.Fatalf("bin holds %d entries, want 1", len(ents))
+	if len(ents) != 2 {
+		t.Fatalf("bin holds %d entries, want 2", len(ents))
 	}
-	out, err := exec.Command(path, "version").CombinedOutput()
-	if err != nil || !strings.HasPrefix(string(out), "peapod-shim ") {
-		t.Fatalf("%s version: %q, %v", path, out, err)
+	for p, name := range map[string]string{path: ShimName, helpers[0]: HelperName} {
+		out, err := exec.Command(p, "version").CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), name+" ") {
+			t.Fatalf("%s version: %q, %v", p, out, err)
+		}
+	}
+	// The resident refuses to serve without its helper: it carries no
+	// libcontainer.
+	if out, err := exec.Command(path, "shim", "--dir", filepath.Join(state, "x")).CombinedOutput(); err == nil || !strings.Contains(string(out), "--lc") {
+		t.Fatalf("%s shim without --lc: %q, %v; want a refusal naming --lc", path, out, err)
 	}
 }

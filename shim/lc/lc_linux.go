@@ -1,4 +1,11 @@
-package shim
+// Package lc is the shim's one-shot libcontainer helper: the program
+// peapod-lc (`peapod-lc lc [--idle D]`, or `peapod shim lc` in the whole
+// peapod) that the resident shim (package shim) runs for each create,
+// exec, kill of all processes, delete and update, and the conversion of
+// the shim's ContainerSpec to runtime-spec and libcontainer configs. It is
+// the only part of the shim that links libcontainer and the cgroup code;
+// the resident shim must not import it (see shim/helper_linux.go).
+package lc
 
 import (
 	"encoding/json"
@@ -11,20 +18,41 @@ import (
 	"time"
 
 	"github.com/opencontainers/cgroups"
+	// Device rules of container cgroups need the devices controller code.
+	_ "github.com/opencontainers/cgroups/devices"
 	cgmanager "github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"peapod/shim"
+	"peapod/shim/internal/lcproto"
 )
 
-// The helper's side (`<exe> shim lc [--idle D]`): one request on fd 0, a
-// unix socket, with the process's stdio as SCM_RIGHTS; the reply on the
-// same socket; then exit, leaving any process it started to the shim. See
-// helper_linux.go.
+// Arg is the argument that selects the helper (`peapod-lc lc`, `peapod
+// shim lc`).
+const Arg = lcproto.Arg
 
-// lcMain is the helper. It exits the process.
-func lcMain(args []string) {
+// Shorthands for the wire types.
+type (
+	lcRequest = lcproto.Request[shim.ContainerSpec]
+	lcReply   = lcproto.Reply
+)
+
+// childStdio is the process's side of its stdio, as the request brings it.
+type childStdio struct {
+	stdin, stdout, stderr *os.File
+	consoleSock           *os.File // tty: receives the pty master
+}
+
+// The helper (`peapod-lc lc [--idle D]`): one request on fd 0, a unix
+// socket, with the process's stdio as SCM_RIGHTS; the reply on the same
+// socket; then exit, leaving any process it started to the shim. See
+// shim/helper_linux.go.
+
+// Main is the helper, with its arguments after "lc". It exits the process.
+func Main(args []string) {
 	// It lives for a few milliseconds: collecting garbage would only
 	// slow it down.
 	debug.SetGCPercent(-1)
@@ -42,7 +70,7 @@ func lcMain(args []string) {
 				continue
 			}
 			if n == 0 && err == nil {
-				os.Exit(helperExitUnused)
+				os.Exit(lcproto.ExitUnused)
 			}
 			break
 		}
@@ -72,9 +100,28 @@ func lcMain(args []string) {
 	os.Exit(0)
 }
 
+// errCodes are the codes of the shim's sentinels that a helper's error
+// may wrap.
+var errCodes = []struct {
+	code     string
+	sentinel error
+}{
+	{lcproto.CodeNotFound, shim.ErrNotFound},
+	{lcproto.CodeExists, shim.ErrExists},
+	{lcproto.CodeInvalid, shim.ErrInvalid},
+	{lcproto.CodeNotRunning, shim.ErrNotRunning},
+}
+
+// setErr puts err in the reply, with the code of its sentinel: the
+// daemon's errors.Is sees through the shim.
 func setErr(rep *lcReply, err error) {
-	r := errorResponse(err)
-	rep.Error, rep.Code = r.Error, r.Code
+	rep.Error = err.Error()
+	for _, c := range errCodes {
+		if errors.Is(err, c.sentinel) {
+			rep.Code = c.code
+			break
+		}
+	}
 }
 
 // readRequest reads fd to EOF: the JSON request, and the descriptors that
@@ -131,18 +178,18 @@ func runRequest(req *lcRequest, files []*os.File) *lcReply {
 	rep := &lcReply{}
 	var err error
 	switch req.Op {
-	case lcCreate:
+	case lcproto.Create:
 		err = lcCreateContainer(req, stdio, rep, log)
-	case lcExec:
+	case lcproto.Exec:
 		err = lcExecProcess(req, stdio, rep)
-	case lcKillAll:
+	case lcproto.KillAll:
 		err = lcSignalAll(req)
-	case lcDelete:
+	case lcproto.Delete:
 		err = lcDestroy(req)
-	case lcUpdate:
+	case lcproto.Update:
 		err = lcUpdateResources(req)
 	default:
-		err = fmt.Errorf("%w: helper operation %q", ErrInvalid, req.Op)
+		err = fmt.Errorf("%w: helper operation %q", shim.ErrInvalid, req.Op)
 	}
 	if err != nil {
 		setErr(rep, err)
@@ -173,11 +220,11 @@ func setStdio(p *libcontainer.Process, stdio childStdio) {
 func lcCreateContainer(req *lcRequest, stdio childStdio, rep *lcReply, log *slog.Logger) error {
 	cs := req.Spec
 	if cs == nil {
-		return fmt.Errorf("%w: no spec", ErrInvalid)
+		return fmt.Errorf("%w: no spec", shim.ErrInvalid)
 	}
 	ociSpec, err := ociSpec(cs, req.PodCgroup, func(_ specs.LinuxNamespaceType, id string) (string, error) {
 		// The shim resolved those of its running containers.
-		return "", fmt.Errorf("%w: target container %s", ErrNotFound, id)
+		return "", fmt.Errorf("%w: target container %s", shim.ErrNotFound, id)
 	})
 	if err != nil {
 		return err
@@ -193,10 +240,10 @@ func lcCreateContainer(req *lcRequest, stdio childStdio, rep *lcReply, log *slog
 	lc, err := libcontainer.Create(req.Root, cs.ID, cfg)
 	if err != nil {
 		if errors.Is(err, libcontainer.ErrExist) {
-			return fmt.Errorf("%w: %s", ErrExists, cs.ID)
+			return fmt.Errorf("%w: %s", shim.ErrExists, cs.ID)
 		}
 		if errors.Is(err, libcontainer.ErrInvalidID) {
-			return fmt.Errorf("%w: container id %q", ErrInvalid, cs.ID)
+			return fmt.Errorf("%w: container id %q", shim.ErrInvalid, cs.ID)
 		}
 		return fmt.Errorf("create container %s: %w", cs.ID, err)
 	}
@@ -232,7 +279,7 @@ func lcCreateContainer(req *lcRequest, stdio childStdio, rep *lcReply, log *slog
 func lcExecProcess(req *lcRequest, stdio childStdio, rep *lcReply) error {
 	pr := req.Process
 	if pr == nil || len(pr.Args) == 0 {
-		return fmt.Errorf("%w: exec without a command", ErrInvalid)
+		return fmt.Errorf("%w: exec without a command", shim.ErrInvalid)
 	}
 	lc, err := libcontainer.Load(req.Root, req.ID)
 	if err != nil {
@@ -314,7 +361,7 @@ func lcDestroy(req *lcRequest) error {
 // lcUpdateResources changes the container's cgroup limits.
 func lcUpdateResources(req *lcRequest) error {
 	if req.Spec == nil {
-		return fmt.Errorf("%w: no spec", ErrInvalid)
+		return fmt.Errorf("%w: no spec", shim.ErrInvalid)
 	}
 	lc, err := libcontainer.Load(req.Root, req.ID)
 	if err != nil {
@@ -335,7 +382,7 @@ func lcUpdateResources(req *lcRequest) error {
 		UseSystemdCgroup: cfg.Cgroups.Systemd,
 	}, specconv.AllowedDevices)
 	if err != nil {
-		return fmt.Errorf("%w: container %s: resources: %v", ErrInvalid, req.ID, err)
+		return fmt.Errorf("%w: container %s: resources: %v", shim.ErrInvalid, req.ID, err)
 	}
 	rootlessCgroups(cg) // as at create: same naming, same dropped limits
 	cfg.Cgroups = cg

@@ -1,4 +1,4 @@
-package shim
+package lc
 
 import (
 	"os"
@@ -11,7 +11,7 @@ import (
 	pcgroups "peapod/cgroups"
 )
 
-// Rootless peapod runs the shim as uid 0 in a user namespace. The cgroup
+// Rootless peapod runs the shim and its helpers as uid 0 in a user namespace. The cgroup
 // hierarchies there are the host's and only partly ours: those the host
 // delegated to the user are writable, the others are not. Containers then
 // get cgroups where they can and run without them elsewhere, and the

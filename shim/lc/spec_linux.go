@@ -1,4 +1,4 @@
-package shim
+package lc
 
 import (
 	"fmt"
@@ -15,9 +15,9 @@ import (
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-)
 
-const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	"peapod/shim"
+)
 
 // Default masked and read-only paths: containerd's.
 var (
@@ -56,8 +56,8 @@ func defaultMounts(privileged bool) []specs.Mount {
 // ociSpec turns a ContainerSpec into a runtime-spec document: the decisions
 // (defaults, privileged, propagation, namespaces) without the kernel work.
 // nsPaths resolves "container:<id>" namespace paths.
-func ociSpec(cs *ContainerSpec, podCgroup string, nsPath func(kind specs.LinuxNamespaceType, target string) (string, error)) (*specs.Spec, error) {
-	if err := validateSpec(cs); err != nil {
+func ociSpec(cs *shim.ContainerSpec, podCgroup string, nsPath func(kind specs.LinuxNamespaceType, target string) (string, error)) (*specs.Spec, error) {
+	if err := cs.Validate(); err != nil {
 		return nil, err
 	}
 	cwd := cs.Cwd
@@ -66,11 +66,11 @@ func ociSpec(cs *ContainerSpec, podCgroup string, nsPath func(kind specs.LinuxNa
 	}
 	env := cs.Env
 	if !hasEnv(env, "PATH") {
-		env = append(env[:len(env):len(env)], defaultPath)
+		env = append(env[:len(env):len(env)], shim.DefaultPathEnv)
 	}
 	caps := cs.Capabilities
 	if caps == nil {
-		caps = DefaultCapabilities()
+		caps = shim.DefaultCapabilities()
 	}
 	if cs.Privileged {
 		caps = allCapabilities()
@@ -162,71 +162,27 @@ func ociSpec(cs *ContainerSpec, podCgroup string, nsPath func(kind specs.LinuxNa
 		}
 		prop := m.Propagation
 		if prop == "" {
-			prop = PropagationPrivate
+			prop = shim.PropagationPrivate
 		}
 		opts = append(opts, string(prop))
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: m.Source, Options: opts})
 		// A mount that receives or sends host mounts needs a rootfs of
 		// the same propagation (what containerd does for CRI).
 		switch {
-		case prop == PropagationBidirectional:
+		case prop == shim.PropagationBidirectional:
 			s.Linux.RootfsPropagation = "rshared"
-		case prop == PropagationHostToContainer && s.Linux.RootfsPropagation == "":
+		case prop == shim.PropagationHostToContainer && s.Linux.RootfsPropagation == "":
 			s.Linux.RootfsPropagation = "rslave"
 		}
 	}
 	return s, nil
 }
 
-// validID accepts what libcontainer accepts as a container id, which is
-// also a safe file name.
-func validID(id string) bool {
-	if id == "" || id == "." || id == ".." {
-		return false
-	}
-	for _, r := range id {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '+', r == '-', r == '.':
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-func validateSpec(cs *ContainerSpec) error {
-	switch {
-	case !validID(cs.ID):
-		return fmt.Errorf("%w: container id %q: want [A-Za-z0-9_+.-]+", ErrInvalid, cs.ID)
-	case len(cs.Args) == 0:
-		return fmt.Errorf("%w: container %s: no command", ErrInvalid, cs.ID)
-	case !filepath.IsAbs(cs.Rootfs):
-		return fmt.Errorf("%w: container %s: rootfs %q is not an absolute path", ErrInvalid, cs.ID, cs.Rootfs)
-	}
-	if st, err := os.Stat(cs.Rootfs); err != nil || !st.IsDir() {
-		return fmt.Errorf("%w: container %s: rootfs %q is not a directory", ErrInvalid, cs.ID, cs.Rootfs)
-	}
-	for _, m := range cs.Mounts {
-		if !filepath.IsAbs(m.Destination) || !filepath.IsAbs(m.Source) {
-			return fmt.Errorf("%w: container %s: mount %s→%s: paths must be absolute", ErrInvalid, cs.ID, m.Source, m.Destination)
-		}
-		if _, err := os.Stat(m.Source); err != nil {
-			return fmt.Errorf("%w: container %s: mount source: %v", ErrInvalid, cs.ID, err)
-		}
-		switch m.Propagation {
-		case "", PropagationPrivate, PropagationHostToContainer, PropagationBidirectional:
-		default:
-			return fmt.Errorf("%w: container %s: mount %s: propagation %q", ErrInvalid, cs.ID, m.Destination, m.Propagation)
-		}
-	}
-	return nil
-}
-
 // containerResources are the spec's resources with peapod's defaults: the
 // device rules, and no swap beyond a memory limit, as the kubelet expects
 // (memory+swap = memory on v1, memory.swap.max = 0 on v2). The spec's own
 // values are not modified.
-func containerResources(cs *ContainerSpec) *specs.LinuxResources {
+func containerResources(cs *shim.ContainerSpec) *specs.LinuxResources {
 	r := withDeviceRules(cs.Resources, cs)
 	if r.Memory != nil && r.Memory.Limit != nil && r.Memory.Swap == nil && *r.Memory.Limit > 0 {
 		m := *r.Memory
@@ -239,7 +195,7 @@ func containerResources(cs *ContainerSpec) *specs.LinuxResources {
 
 // withDeviceRules says which devices the cgroup allows: the spec devices
 // (the defaults are added by specconv), or all for a privileged container.
-func withDeviceRules(r *specs.LinuxResources, cs *ContainerSpec) *specs.LinuxResources {
+func withDeviceRules(r *specs.LinuxResources, cs *shim.ContainerSpec) *specs.LinuxResources {
 	var out specs.LinuxResources
 	if r != nil {
 		out = *r
@@ -265,7 +221,7 @@ func libcontainerConfig(id string, s *specs.Spec, privileged bool) (*configs.Con
 		UseSystemdCgroup: !strings.HasPrefix(s.Linux.CgroupsPath, "/") && strings.Count(s.Linux.CgroupsPath, ":") == 2,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: container %s: %v", ErrInvalid, id, err)
+		return nil, fmt.Errorf("%w: container %s: %v", shim.ErrInvalid, id, err)
 	}
 	if privileged {
 		host, err := hostDevices("/dev")
@@ -285,7 +241,7 @@ func libcontainerConfig(id string, s *specs.Spec, privileged bool) (*configs.Con
 	return cfg, nil
 }
 
-func coveredBy(dest string, mounts []Mount) bool {
+func coveredBy(dest string, mounts []shim.Mount) bool {
 	for _, m := range mounts {
 		d := filepath.Clean(m.Destination)
 		if d == dest || strings.HasPrefix(dest, d+"/") {
@@ -417,4 +373,12 @@ func hostDevices(dir string) ([]*config.Device, error) {
 		})
 	}
 	return out, nil
+}
+
+func intGIDs(gids []uint32) []int {
+	out := make([]int, len(gids))
+	for i, g := range gids {
+		out[i] = int(g)
+	}
+	return out
 }

@@ -1,4 +1,4 @@
-package shim
+package lc
 
 import (
 	"errors"
@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
+
+	"peapod/shim"
 )
 
 func noTargets(specs.LinuxNamespaceType, string) (string, error) {
@@ -13,15 +15,15 @@ func noTargets(specs.LinuxNamespaceType, string) (string, error) {
 }
 
 func TestOCISpecDefaults(t *testing.T) {
-	cs := ContainerSpec{
+	cs := shim.ContainerSpec{
 		ID: "c1", Rootfs: t.TempDir(), Args: []string{"sh"},
 		Hostname: "ignored-when-uts-is-joined",
-		Namespaces: []Namespace{
+		Namespaces: []shim.Namespace{
 			{Type: specs.NetworkNamespace, Path: "/pins/net"},
 			{Type: specs.UTSNamespace, Path: "/pins/uts"},
 			{Type: specs.PIDNamespace},
 		},
-		Mounts: []Mount{{Source: "/", Destination: "/dev/shm"}},
+		Mounts: []shim.Mount{{Source: "/", Destination: "/dev/shm"}},
 	}
 	s, err := ociSpec(&cs, "/kubepods/pod1", noTargets)
 	if err != nil {
@@ -30,10 +32,10 @@ func TestOCISpecDefaults(t *testing.T) {
 	if s.Linux.CgroupsPath != "/kubepods/pod1/c1" {
 		t.Errorf("cgroup %q", s.Linux.CgroupsPath)
 	}
-	if s.Process.Cwd != "/" || !slices.Contains(s.Process.Env, defaultPath) {
+	if s.Process.Cwd != "/" || !slices.Contains(s.Process.Env, shim.DefaultPathEnv) {
 		t.Errorf("cwd %q env %v", s.Process.Cwd, s.Process.Env)
 	}
-	if !slices.Equal(s.Process.Capabilities.Effective, DefaultCapabilities()) {
+	if !slices.Equal(s.Process.Capabilities.Effective, shim.DefaultCapabilities()) {
 		t.Errorf("caps %v", s.Process.Capabilities.Effective)
 	}
 	if s.Hostname != "" {
@@ -70,13 +72,13 @@ func TestOCISpecDefaults(t *testing.T) {
 
 func TestOCISpecPrivilegedAndPropagation(t *testing.T) {
 	empty := []string{}
-	cs := ContainerSpec{
+	cs := shim.ContainerSpec{
 		ID: "c2", Rootfs: t.TempDir(), Args: []string{"sh"}, Privileged: true,
 		Hostname:   "own",
-		Namespaces: []Namespace{{Type: specs.UTSNamespace}},
-		Mounts: []Mount{
-			{Source: "/", Destination: "/host", Readonly: true, Propagation: PropagationHostToContainer},
-			{Source: "/", Destination: "/shared", Propagation: PropagationBidirectional},
+		Namespaces: []shim.Namespace{{Type: specs.UTSNamespace}},
+		Mounts: []shim.Mount{
+			{Source: "/", Destination: "/host", Readonly: true, Propagation: shim.PropagationHostToContainer},
+			{Source: "/", Destination: "/shared", Propagation: shim.PropagationBidirectional},
 		},
 		MaskedPaths: empty,
 	}
@@ -118,7 +120,7 @@ func TestOCISpecPrivilegedAndPropagation(t *testing.T) {
 
 func TestOCISpecMemorySwapFollowsLimit(t *testing.T) {
 	limit := int64(64 << 20)
-	cs := ContainerSpec{ID: "c3", Rootfs: t.TempDir(), Args: []string{"sh"},
+	cs := shim.ContainerSpec{ID: "c3", Rootfs: t.TempDir(), Args: []string{"sh"},
 		Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}}
 	s, err := ociSpec(&cs, "/pod", noTargets)
 	if err != nil {
@@ -134,15 +136,15 @@ func TestOCISpecMemorySwapFollowsLimit(t *testing.T) {
 
 func TestOCISpecRejectsBadInput(t *testing.T) {
 	root := t.TempDir()
-	for name, cs := range map[string]ContainerSpec{
+	for name, cs := range map[string]shim.ContainerSpec{
 		"no id":           {Rootfs: root, Args: []string{"sh"}},
 		"bad id":          {ID: "../x", Rootfs: root, Args: []string{"sh"}},
 		"no command":      {ID: "a", Rootfs: root},
 		"relative rootfs": {ID: "a", Rootfs: "rootfs", Args: []string{"sh"}},
-		"missing source":  {ID: "a", Rootfs: root, Args: []string{"sh"}, Mounts: []Mount{{Source: "/nope/nope", Destination: "/x"}}},
-		"bad propagation": {ID: "a", Rootfs: root, Args: []string{"sh"}, Mounts: []Mount{{Source: "/", Destination: "/x", Propagation: "sideways"}}},
-		"relative mount":  {ID: "a", Rootfs: root, Args: []string{"sh"}, Mounts: []Mount{{Source: "/", Destination: "x"}}},
-		"unknown target":  {ID: "a", Rootfs: root, Args: []string{"sh"}, Namespaces: []Namespace{{Type: specs.PIDNamespace, Path: "container:b"}}},
+		"missing source":  {ID: "a", Rootfs: root, Args: []string{"sh"}, Mounts: []shim.Mount{{Source: "/nope/nope", Destination: "/x"}}},
+		"bad propagation": {ID: "a", Rootfs: root, Args: []string{"sh"}, Mounts: []shim.Mount{{Source: "/", Destination: "/x", Propagation: "sideways"}}},
+		"relative mount":  {ID: "a", Rootfs: root, Args: []string{"sh"}, Mounts: []shim.Mount{{Source: "/", Destination: "x"}}},
+		"unknown target":  {ID: "a", Rootfs: root, Args: []string{"sh"}, Namespaces: []shim.Namespace{{Type: specs.PIDNamespace, Path: "container:b"}}},
 	} {
 		if _, err := ociSpec(&cs, "/pod", noTargets); err == nil {
 			t.Errorf("%s: accepted", name)

@@ -1,27 +1,26 @@
-// Command peapod-shim is the per-pod shim as a program of its own: the same
-// code as `peapod shim` (package shim) and `peapod init` (libcontainer's
-// init of containers and execs), without the daemon's packages (gRPC, CRI,
-// images, CNI). Every pod runs one, so its size counts: it starts faster,
-// and its heap, data and mapped text are a fraction of the whole peapod's.
+// Command peapod-shim is the per-pod shim as a program of its own, the
+// resident one: package shim's server, reaper, stdio and log pumps, and
+// nothing of libcontainer. Every pod runs one for its whole life, so its
+// size counts. libcontainer's work runs in one-shot helpers, the other
+// program peapod-lc (shim/peapod-lc), whose path it gets with --lc.
+//
+// It must not link libcontainer, the cgroup packages, eBPF, D-Bus or
+// netlink: their package initialisation, data and threads would stay
+// resident in every pod (shim/deps_test.go checks). It is built without
+// cgo (CGO_ENABLED=0), static.
 //
 // The Makefile builds it into shim/embedded/bin/peapod-shim, which peapod
 // embeds and writes out under its state directory (shim/embedded).
 //
 // Usage (by the daemon, through shim.Start):
 //
-//	peapod-shim shim --dir DIR [--pod-cgroup PATH] [--ready-fd N]
-//	peapod-shim shim lc [--idle D]  (the shim's one-shot libcontainer helper)
-//	peapod-shim init   (libcontainer, inside a new container or exec)
+//	peapod-shim shim --dir DIR --lc PEAPOD_LC [--pod-cgroup PATH] [--ready-fd N]
 package main
 
 import (
 	"fmt"
 	"os"
-
-	"github.com/opencontainers/runc/libcontainer"
-	// nsenter's C constructor joins and creates the container's namespaces
-	// before the Go runtime starts (cgo), as in cmd/peapod/init.go.
-	_ "github.com/opencontainers/runc/libcontainer/nsenter"
+	"strings"
 
 	"peapod/shim"
 )
@@ -29,29 +28,36 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-func init() {
-	if len(os.Args) > 1 && os.Args[1] == "init" {
-		libcontainer.Init() // never returns
-	}
-}
-
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: peapod-shim shim --dir DIR [--pod-cgroup PATH] [--ready-fd N]")
+		fmt.Fprintln(os.Stderr, "usage: peapod-shim shim --dir DIR --lc PEAPOD_LC [--pod-cgroup PATH] [--ready-fd N]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
 	case "shim":
+		// Without a helper program it could not create a container:
+		// refuse at start, which Start reports, not at the first create.
+		if !hasHelperFlag(os.Args[2:]) {
+			fmt.Fprintln(os.Stderr, "peapod-shim: --lc PATH (the peapod-lc program) is required: this shim carries no libcontainer")
+			os.Exit(2)
+		}
 		if err := shim.Main(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "peapod-shim: %v\n", err)
 			os.Exit(1)
 		}
-	case "init":
-		os.Exit(255) // libcontainer.Init returned: a failed init
 	case "version", "--version", "-v":
 		fmt.Printf("peapod-shim %s\n", version)
 	default:
 		fmt.Fprintf(os.Stderr, "peapod-shim: unknown command %q (it is started by peapod, not by hand)\n", os.Args[1])
 		os.Exit(2)
 	}
+}
+
+func hasHelperFlag(args []string) bool {
+	for _, a := range args {
+		if a == "--lc" || a == "-lc" || strings.HasPrefix(a, "--lc=") || strings.HasPrefix(a, "-lc=") {
+			return true
+		}
+	}
+	return false
 }
