@@ -309,6 +309,25 @@ func unmountAll(p string) error {
 	}
 }
 
+// RootfsIDs lists the containers that have a rootfs in the store, mounted
+// or not, for the caller's sweep of those it no longer knows.
+func (s *Store) RootfsIDs() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(s.root, "containers"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range entries {
+		if e.IsDir() && containerIDRe.MatchString(e.Name()) {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids, nil
+}
+
 // RemoveRootfs unmounts a container's rootfs and deletes its upper and
 // work directories; the layers it used become garbage if no image or other
 // container uses them. Removing what is not there is a no-op.

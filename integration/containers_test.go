@@ -495,3 +495,43 @@ func TestSeccompRuntimeDefaultFiltersAndUnconfinedDoesNot(t *testing.T) {
 	}
 	d.stopRemove(t, pod)
 }
+
+// TestOrphanRootfsIsSweptAtStart: a container root filesystem that no
+// container record names (a daemon that died between the two, which
+// CreateContainer writes side by side) is unmounted and removed when the
+// daemon starts again; a recorded container's stays.
+func TestOrphanRootfsIsSweptAtStart(t *testing.T) {
+	d, _, _ := containerDaemon(t)
+	cfg := podConfig("orphan-rootfs")
+	pod := d.runPod(t, cfg)
+	kept := d.createContainer(t, pod, cfg, busyboxContainer("kept", "sleep", "60"))
+	gone := d.createContainer(t, pod, cfg, busyboxContainer("gone", "sleep", "60"))
+	rootfsDir := func(id string) string { return filepath.Join(d.Root, "images", "containers", id) }
+	for _, id := range []string{kept, gone} {
+		if _, err := os.Stat(filepath.Join(rootfsDir(id), "merged", "bin")); err != nil {
+			t.Fatalf("rootfs of %s not mounted: %v", id, err)
+		}
+	}
+	d.kill9()
+	// What a crash between the rootfs and the record leaves: the record
+	// of `gone` is missing. (Its shim still knows it; that is not what
+	// this checks.)
+	recs, _ := filepath.Glob(filepath.Join(d.Root, "sandboxes", pod, "containers", gone+".json"))
+	if len(recs) != 1 {
+		t.Fatalf("container record of %s not found where expected: %v", gone, recs)
+	}
+	if err := os.Remove(recs[0]); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	if _, err := os.Stat(rootfsDir(gone)); !os.IsNotExist(err) {
+		t.Errorf("rootfs of the unrecorded container %s still there: %v", gone, err)
+	}
+	if strings.Contains(d.mountinfo(t), rootfsDir(gone)) {
+		t.Errorf("rootfs of %s still mounted", gone)
+	}
+	if _, err := os.Stat(filepath.Join(rootfsDir(kept), "merged", "bin")); err != nil {
+		t.Errorf("rootfs of the recorded container %s was touched: %v", kept, err)
+	}
+	d.stopRemove(t, pod)
+}

@@ -214,11 +214,6 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 		c.LogPath = filepath.Join(sb.Spec.LogDirectory, cfg.LogPath)
 	}
 	ce.rec = c
-	if err := m.saveContainer(c); err != nil {
-		m.dropContainer(ce, id)
-		return "", err
-	}
-	st.mark("record")
 	cid := id // the named result is cleared by `return "", err`
 	defer func() {
 		if err != nil {
@@ -227,11 +222,19 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 			m.dropContainer(ce, cid)
 		}
 	}()
+	// The first record and the rootfs are written side by side (each
+	// syncs); a daemon that dies in between leaves a rootfs without a
+	// record, which the sweep at start removes (sweepOrphanRootfs).
+	saved := make(chan error, 1)
+	go func() { saved <- m.saveContainer(c) }()
 	rootfs, err := m.cfg.Images.MountRootfs(id, img, false)
+	if serr := <-saved; serr != nil {
+		return "", serr
+	}
 	if err != nil {
 		return "", fmt.Errorf("container rootfs: %w", err)
 	}
-	st.mark("rootfs")
+	st.mark("record+rootfs")
 	spec, err := shimSpec(sb, c, img, rootfs)
 	if err != nil {
 		return "", err

@@ -104,6 +104,7 @@ func (m *Manager) recover(ctx context.Context) error {
 			m.sweepUnrecorded(de.Name())
 		}
 	}
+	m.sweepOrphanRootfs()
 	if removed, err := m.cgroups.SweepOrphans(keep); err != nil {
 		m.log.Warn("sweep orphaned cgroups", "err", err)
 	} else if len(removed) > 0 {
@@ -124,6 +125,34 @@ func (m *Manager) recover(ctx context.Context) error {
 		m.log.Warn("CNI garbage collection", "err", err)
 	}
 	return nil
+}
+
+// sweepOrphanRootfs removes container root filesystems that no container
+// record names: CreateContainer mounts the rootfs while it writes the
+// container's first record, so a daemon that died right then leaves one
+// behind (as does one that died in RemoveContainer between the two).
+func (m *Manager) sweepOrphanRootfs() {
+	if m.cfg.Images == nil {
+		return
+	}
+	ids, err := m.cfg.Images.RootfsIDs()
+	if err != nil {
+		m.log.Warn("list container root filesystems", "err", err)
+		return
+	}
+	t := m.ctable()
+	for _, id := range ids {
+		t.mu.Lock()
+		_, known := t.byID[id]
+		t.mu.Unlock()
+		if known {
+			continue
+		}
+		m.log.Info("removing the root filesystem of an unknown container", "container", id)
+		if err := m.cfg.Images.RemoveRootfs(id); err != nil {
+			m.log.Warn("remove orphaned container rootfs", "container", id, "err", err)
+		}
+	}
 }
 
 // sweepUnrecorded removes what an unrecorded sandbox can have left behind
