@@ -11,15 +11,18 @@ import (
 	"time"
 )
 
-// shimAnonBudgetKB (1.375 MiB) bounds the shim's private memory (Pss_Anon of the real
-// shim process) with one running container: about 1.27 MiB measured (lean
-// binary, one P, libcontainer's work done in helpers), where the shim that
-// ran libcontainer itself held 1.9 MiB; the whole peapod as the shim takes
-// 2.6 MiB (wholeAnonBudgetKB, PEAPOD_SHIMTEST_WHOLE=1), 3.4 before. An idle
-// Go program with a listener holds about 0.95 MiB: the floor. Over the
-// budget means something now stays resident per shim, in every pod.
+// shimAnonBudgetKB (1.125 MiB) bounds the shim's private memory (Pss_Anon
+// of the real shim process) with one running container: about 1.02 MiB
+// measured (1044 KiB: peapod-shim without cgo or libcontainer, one P,
+// libcontainer's work done in peapod-lc helpers), where the shim that
+// linked libcontainer held 1.27 MiB and the one that ran it 1.9 MiB; the
+// whole peapod as the shim takes 2.6 MiB (wholeAnonBudgetKB,
+// PEAPOD_SHIMTEST_WHOLE=1). A cgo-free Go program with a listener,
+// encoding/json and log/slog holds about 0.6 MiB: the floor. Over the
+// budget means something now stays resident per shim, in every pod
+// (deps_test.go guards the likeliest cause: libcontainer linked again).
 const (
-	shimAnonBudgetKB  = 1408
+	shimAnonBudgetKB  = 1152
 	wholeAnonBudgetKB = 3072
 )
 
@@ -59,11 +62,12 @@ func anonKB(pid int) (int64, error) {
 }
 
 // pollAnonBudgetKB bounds the shim's private memory after the daemon's
-// status polls made the runtime collect: about 2.4 MiB measured after
-// 6000 calls (4.1 MiB without the trims of afterPoll); the whole peapod
-// as the shim, 3.7 MiB (wholePollAnonBudgetKB).
+// status polls made the runtime collect: about 2.0 MiB measured after
+// 6000 calls (2.4 MiB when the shim linked libcontainer, 4.1 MiB without
+// the trims of afterPoll); the whole peapod as the shim, 3.7 MiB
+// (wholePollAnonBudgetKB).
 const (
-	pollAnonBudgetKB      = 3072
+	pollAnonBudgetKB      = 2560
 	wholePollAnonBudgetKB = 4608
 )
 
