@@ -466,13 +466,17 @@ func readState(dir, id string) (ContainerState, error) {
 	return st, nil
 }
 
-// writeJSONFile replaces path atomically (internal/atomicfile).
+// writeJSONFile replaces path atomically (internal/atomicfile). It does
+// not sync: the records live in the runtime state dir, which a reboot
+// empties along with the containers, and a shim or daemon that dies still
+// leaves the old or the new content, never a torn one. A sync would cost
+// every create, start and exit about half a millisecond.
 func writeJSONFile(path string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(path, b, 0o600)
+	return atomicfile.Replace(path, b, 0o600)
 }
 
 func intGIDs(gids []uint32) []int {
