@@ -234,55 +234,57 @@ func (p PodCgroup) StartPause(start func(cgroupFD int) error) (bornIn bool, err 
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		home, err := threadCgroups()
-		if err != nil {
-			errc <- err // still where it was: the thread may be reused
-			runtime.UnlockOSThread()
-			return
-		}
-		cgfd := -1
-		var left []string // roots whose pause cgroup this thread joined
-		// Back home before anyone learns of the pause: a thread of the
-		// daemon in a pod's cgroup would count in its stats, and a
-		// teardown that kills everything there would kill the daemon.
-		// A thread that cannot go back stays locked, and so ends with
-		// this goroutine.
-		defer func() {
-			for _, root := range left {
-				if os.WriteFile(filepath.Join(root, home[root], "tasks"), []byte("0"), 0) != nil {
-					return
-				}
-			}
-			runtime.UnlockOSThread()
-		}()
-		for key, root := range roots {
-			dir := filepath.Join(root, p.PausePath)
-			if optionalHierarchy(p.Mode, key) && !exists(dir) {
-				continue
-			}
-			if key == "" { // the hybrid cgroup2 mount
-				fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_PATH|unix.O_CLOEXEC, 0)
-				if err != nil {
-					errc <- &os.PathError{Op: "open", Path: dir, Err: err}
-					return
-				}
-				defer unix.Close(fd)
-				cgfd = fd
-				continue
-			}
-			if _, ok := home[root]; !ok {
-				errc <- fmt.Errorf("join pause cgroup %s: this thread's own cgroup there is unknown", dir)
-				return
-			}
-			if err := os.WriteFile(filepath.Join(dir, "tasks"), []byte("0"), 0); err != nil {
-				errc <- fmt.Errorf("join pause cgroup %s: %w", dir, err)
-				return
-			}
-			left = append(left, root)
-		}
-		errc <- start(cgfd)
+		errc <- p.startFromPauseCgroup(roots, start)
 	}()
 	return true, <-errc
+}
+
+// startFromPauseCgroup is StartPause's work on its locked thread: join the
+// pause cgroups, start, go back home. It returns only once the thread is
+// home again (and then unlocks it) or known to end with its goroutine.
+func (p PodCgroup) startFromPauseCgroup(roots map[string]string, start func(cgroupFD int) error) error {
+	home, err := threadCgroups()
+	if err != nil {
+		runtime.UnlockOSThread() // still where it was: reusable
+		return err
+	}
+	cgfd := -1
+	var left []string // roots whose pause cgroup this thread joined
+	// Back home before anyone learns of the pause: a thread of the daemon
+	// in a pod's cgroup would count in its stats, and a teardown that
+	// kills everything there would kill the daemon. A thread that cannot
+	// go back stays locked, and so ends with its goroutine.
+	defer func() {
+		for _, root := range left {
+			if os.WriteFile(filepath.Join(root, home[root], "tasks"), []byte("0"), 0) != nil {
+				return
+			}
+		}
+		runtime.UnlockOSThread()
+	}()
+	for key, root := range roots {
+		dir := filepath.Join(root, p.PausePath)
+		if optionalHierarchy(p.Mode, key) && !exists(dir) {
+			continue
+		}
+		if key == "" { // the hybrid cgroup2 mount
+			fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_PATH|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return &os.PathError{Op: "open", Path: dir, Err: err}
+			}
+			defer unix.Close(fd)
+			cgfd = fd
+			continue
+		}
+		if _, ok := home[root]; !ok {
+			return fmt.Errorf("join pause cgroup %s: this thread's own cgroup there is unknown", dir)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "tasks"), []byte("0"), 0); err != nil {
+			return fmt.Errorf("join pause cgroup %s: %w", dir, err)
+		}
+		left = append(left, root)
+	}
+	return start(cgfd)
 }
 
 // threadCgroups maps each mounted v1 hierarchy root to the calling thread's
