@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -168,4 +169,70 @@ func Do(paths map[Kind]string, fn func() error) error {
 		errc <- fn()
 	}()
 	return <-errc
+}
+
+// NewNetNS makes a new network namespace and pins it at dir/net. It comes
+// before the process that will hold it (which joins it through InNet), so
+// that the pod's network can be attached while that process starts.
+func NewNetNS(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("new network namespace: %w", err)
+	}
+	target := filepath.Join(dir, string(Net))
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY|os.O_EXCL, 0o400)
+	if err != nil {
+		return "", fmt.Errorf("pin net namespace: create %s: %w", target, err)
+	}
+	f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread is in the new namespace now and ends
+		// with this goroutine.
+		lockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("new network namespace: %w", err)
+			return
+		}
+		if err := unix.Mount("/proc/thread-self/ns/net", target, "", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("pin net namespace on %s: %w", target, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		_ = os.Remove(target)
+		return "", err
+	}
+	return target, nil
+}
+
+// InNet runs fn on a thread that joined the network namespace at path, so
+// that a process fn starts is born in it. The thread then goes back to its
+// own namespace; if it cannot, it stays locked to the calling goroutine and
+// ends with it.
+func InNet(path string, fn func() error) error {
+	lockOSThread()
+	home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter network namespace %s: %w", path, err)
+	}
+	defer unix.Close(home)
+	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter network namespace %s: %w", path, err)
+	}
+	err = unix.Setns(target, unix.CLONE_NEWNET)
+	unix.Close(target)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter network namespace %s: %w", path, err)
+	}
+	ferr := fn()
+	if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
+		return errors.Join(ferr, fmt.Errorf("back to the daemon's network namespace: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }

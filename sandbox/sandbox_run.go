@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"maps"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -63,11 +65,11 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (string, error) {
 // create performs the steps of RunPodSandbox in order. Any failure undoes
 // everything through the same teardown that Stop and Remove use.
 //
-// Once the pause holds the pinned namespaces, the steps that only wait on
+// Once the pod's network namespace is pinned, the steps that mostly wait on
 // the kernel or on other programs run side by side: the CNI ADD (plugin
-// execs), the pause's move into its cgroups (on cgroup v1 each move waits
-// for an RCU grace period, several milliseconds), and the namespaces'
-// own settings with the start of the pod's shim.
+// execs) on one side; on the other the pause (born in its cgroup, or moved
+// there where that waits for an RCU grace period), the namespaces' own
+// settings, /dev/shm and the start of the pod's shim.
 func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error) {
 	st := newSteps()
 	defer func() {
@@ -94,44 +96,27 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	}
 	st.mark("record")
 
-	// Pod cgroup and pause. With cgroupfs (v2, or v1 as root) the pause is
-	// born in its cgroup, which must exist first; elsewhere it joins its
-	// cgroups later anyway, so it starts while they are being made.
-	var release *releasePipe
-	inCgroup := m.cgroups.PauseBornInCgroup()
-	if inCgroup {
-		if err := m.createPodCgroup(rec); err != nil {
-			return err
-		}
-		var perr error
-		inCgroup, err = rec.Cgroup.StartPause(func(cgfd int) error {
-			release, perr = m.launchPause(rec, cgfd)
-			return perr
-		})
-		if err != nil {
-			if perr == nil {
-				err = fmt.Errorf("pod cgroup: %w", err)
-			}
-			return err
-		}
-	} else {
-		cgDone := make(chan error, 1)
-		go func() { cgDone <- m.createPodCgroup(rec) }()
-		var perr error
-		release, perr = m.launchPause(rec, -1)
-		if err := errors.Join(<-cgDone, perr); err != nil {
-			if release != nil {
-				release.abort()
-			}
-			return err
-		}
+	if err := m.createPodCgroup(rec); err != nil {
+		return err
 	}
-	defer release.abort()
-	st.mark("cgroup+pause")
+	st.mark("cgroup")
 
-	// The attachment is recorded before the ADD (with the pause, in one
-	// write), so a daemon that dies during the ADD still runs the DEL.
+	// The pod's network namespace is made and pinned on its own, before the
+	// pause that will hold it: the CNI ADD (the longest step, the plugins'
+	// execs) then runs while the pause starts. The attachment is recorded
+	// before the ADD, so a daemon that dies during the ADD still runs the
+	// DEL.
+	if err := os.MkdirAll(rec.Dir, 0o711); err != nil {
+		return fmt.Errorf("sandbox dir: %w", err)
+	}
+	netPath := ""
 	if rec.Spec.NetworkMode != ModeNode {
+		p, err := netns.NewNetNS(filepath.Join(rec.Dir, nsDir))
+		if err != nil {
+			return err
+		}
+		netPath = p
+		rec.Namespaces = netns.PinnedNamespaces{netns.Net: p}
 		if err := m.prepareNetwork(rec); err != nil {
 			return err
 		}
@@ -139,41 +124,38 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	if err := m.persist(e, rec); err != nil {
 		return err
 	}
-	if err := release.release(); err != nil {
-		return err
-	}
-	st.mark("recorded")
+	st.mark("netns")
 
-	// Network and shaping. Not persisted until the sandbox is ready:
-	// teardown finds the CNI result in libcni's cache and the IFB by name.
-	var netErr, cgErr, nsErr error
+	// Side by side: the CNI ADD and shaping; and the pause, its cgroup,
+	// the namespaces' own settings, /dev/shm and the pod's shim. Each side
+	// writes only its own part of rec (attachNetwork: Network, Shaping);
+	// the pause's part is merged here.
+	var netErr error
+	var pod podStart
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if rec.Spec.NetworkMode != ModeNode {
+		if netPath != "" {
 			netErr = m.attachNetwork(ctx, e, rec)
 		}
 	})
-	wg.Go(func() {
-		if !inCgroup {
-			if err := rec.Cgroup.AddPause(rec.Pause.PID); err != nil {
-				cgErr = fmt.Errorf("move pause into pod cgroup: %w", err)
-			}
-		}
-	})
-	wg.Go(func() {
-		if nsErr = configurePodNamespaces(rec.Namespaces, hostnameFor(rec), rec.Spec.Sysctls); nsErr != nil {
-			return
-		}
-		if nsErr = mountShm(rec.Dir); nsErr != nil {
-			return
-		}
-		m.prestartShim(ctx, rec)
-	})
+	wg.Go(func() { pod = m.startPod(ctx, rec, netPath) })
 	wg.Wait()
-	if err := errors.Join(netErr, cgErr, nsErr); err != nil {
+	if pod.pause != nil {
+		rec.Pause = pod.pause
+	}
+	if len(pod.pins) > 0 && rec.Namespaces == nil {
+		rec.Namespaces = netns.PinnedNamespaces{}
+	}
+	for k, p := range pod.pins {
+		rec.Namespaces[k] = p
+	}
+	if pod.release != nil {
+		defer pod.release.abort()
+	}
+	if err := errors.Join(netErr, pod.err); err != nil {
 		return err
 	}
-	st.mark("network")
+	st.mark("network+pause")
 
 	if err := m.publishPorts(rec); err != nil {
 		return err
@@ -185,6 +167,10 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 
 	rec.State = StateReady
 	if err := m.persist(e, rec); err != nil {
+		return err
+	}
+	// Recorded: the pause may go on (it exits if its record never comes).
+	if err := pod.release.release(); err != nil {
 		return err
 	}
 	p := *rec.Pause
@@ -249,34 +235,90 @@ func podNamespaceKinds(spec *Spec) (kinds []netns.Kind, flags uintptr) {
 	return kinds, flags
 }
 
-// launchPause starts the pause in the pod's new namespaces and pins them.
-// The pause waits on the returned release pipe until its record is on disk:
-// if the daemon dies before that, the pause sees EOF and exits, so no
-// unrecorded pause can outlive us. The caller persists, then releases (or
-// aborts). cgfd ≥ 0 starts the pause straight in that cgroup.
-func (m *Manager) launchPause(rec *Sandbox, cgfd int) (*releasePipe, error) {
-	if err := os.MkdirAll(rec.Dir, 0o711); err != nil {
-		return nil, fmt.Errorf("sandbox dir: %w", err)
+// podStart is what startPod made: the pause (waiting on release until
+// its record is on disk: if the daemon dies first, the pause sees EOF and
+// exits, so no unrecorded pause can outlive us), the namespaces it pinned,
+// and the first error.
+type podStart struct {
+	release *releasePipe
+	pause   *PauseProcess
+	pins    netns.PinnedNamespaces
+	err     error
+}
+
+// startPod starts the pause in the pod's new namespaces (joining the
+// pinned network namespace at netPath, if any) and in its cgroup, pins
+// them, sets the namespaces up (hostname, sysctls), mounts /dev/shm and
+// starts the pod's shim. It reads rec but writes none of it.
+func (m *Manager) startPod(ctx context.Context, rec *Sandbox, netPath string) (ps podStart) {
+	bornIn, err := rec.Cgroup.StartPause(func(cgfd int) error {
+		ps.release, ps.pause, ps.pins, ps.err = m.launchPause(rec, cgfd, netPath)
+		return ps.err
+	})
+	if ps.err != nil {
+		return ps
 	}
+	if err != nil {
+		ps.err = fmt.Errorf("pod cgroup: %w", err)
+		return ps
+	}
+	if !bornIn {
+		// On cgroup v1 each move waits for an RCU grace period; this runs
+		// beside the CNI ADD.
+		if err := rec.Cgroup.AddPause(ps.pause.PID); err != nil {
+			ps.err = fmt.Errorf("move pause into pod cgroup: %w", err)
+			return ps
+		}
+	}
+	all := maps.Clone(ps.pins)
+	if netPath != "" {
+		all[netns.Net] = netPath
+	}
+	if ps.err = configurePodNamespaces(all, hostnameFor(rec), rec.Spec.Sysctls); ps.err != nil {
+		return ps
+	}
+	if ps.err = mountShm(rec.Dir); ps.err != nil {
+		return ps
+	}
+	m.prestartShim(ctx, rec)
+	return ps
+}
+
+// launchPause starts the pause in the pod's new namespaces (the network
+// namespace at netPath, if any, is joined rather than made) and pins them.
+// cgfd ≥ 0 starts it straight in that cgroup.
+func (m *Manager) launchPause(rec *Sandbox, cgfd int, netPath string) (*releasePipe, *PauseProcess, netns.PinnedNamespaces, error) {
 	kinds, flags := podNamespaceKinds(&rec.Spec)
+	if netPath != "" {
+		kinds = slices.DeleteFunc(kinds, func(k netns.Kind) bool { return k == netns.Net })
+		flags &^= syscall.CLONE_NEWNET
+	}
 	release, err := newReleasePipe()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	cmd, pause, err := startPauseWithPipe(m.cfg.PauseBinary, flags, cgfd, release)
+	var cmd *exec.Cmd
+	var pause *PauseProcess
+	start := func() (err error) {
+		cmd, pause, err = startPauseWithPipe(m.cfg.PauseBinary, flags, cgfd, release)
+		return err
+	}
+	if netPath != "" {
+		err = netns.InNet(netPath, start)
+	} else {
+		err = start()
+	}
 	if err != nil {
 		release.abort()
-		return nil, err
+		return nil, nil, nil, err
 	}
 	go func() { _ = cmd.Wait() }() // reap; exits are seen through the pidfd watch
-	rec.Pause = pause
 	pins, err := netns.Pin(pause.PID, kinds, filepath.Join(rec.Dir, nsDir))
 	if err != nil {
 		release.abort()
-		return nil, err
+		return nil, pause, nil, err
 	}
-	rec.Namespaces = pins
-	return release, nil
+	return release, pause, pins, nil
 }
 
 // releasePipe hands the pause its go-ahead.
