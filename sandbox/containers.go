@@ -59,6 +59,25 @@ func (m *Manager) containerDir(sandboxID string) string {
 }
 
 func (m *Manager) saveContainer(c *Container) error {
+	return m.writeContainer(c, atomicfile.WriteFile)
+}
+
+// A container's first record, written while CreateContainer runs, is not
+// synced (saveContainerVolatile): a power loss ends the container, and its
+// rootfs is swept at start; the created record is committed with its
+// directories (saveContainerCommit). As for sandboxes (store.go).
+func (m *Manager) saveContainerVolatile(c *Container) error {
+	return m.writeContainer(c, atomicfile.Replace)
+}
+
+func (m *Manager) saveContainerCommit(c *Container) error {
+	if err := m.writeContainer(c, atomicfile.Commit); err != nil {
+		return err
+	}
+	return atomicfile.SyncDir(filepath.Dir(m.containerDir(c.SandboxID)))
+}
+
+func (m *Manager) writeContainer(c *Container, write func(string, []byte, os.FileMode) error) error {
 	dir := m.containerDir(c.SandboxID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -67,7 +86,7 @@ func (m *Manager) saveContainer(c *Container) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(filepath.Join(dir, c.ID+".json"), b, 0o600)
+	return write(filepath.Join(dir, c.ID+".json"), b, 0o600)
 }
 
 func (m *Manager) publishContainer(ce *centry, c *Container) {
@@ -226,7 +245,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 	// syncs); a daemon that dies in between leaves a rootfs without a
 	// record, which the sweep at start removes (sweepOrphanRootfs).
 	saved := make(chan error, 1)
-	go func() { saved <- m.saveContainer(c) }()
+	go func() { saved <- m.saveContainerVolatile(c) }()
 	rootfs, err := m.cfg.Images.MountRootfs(id, img, false)
 	if serr := <-saved; serr != nil {
 		return "", serr
@@ -261,7 +280,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 	st.mark("create")
 	c.State = ContainerCreated
 	c.RootfsReady = true
-	if err := m.saveContainer(c); err != nil {
+	if err := m.saveContainerCommit(c); err != nil {
 		return "", err
 	}
 	st.mark("created")

@@ -185,7 +185,11 @@ func (m *Manager) background() context.Context { return m.bg }
 
 // persist saves rec and then publishes it.
 func (m *Manager) persist(e *entry, rec *Sandbox) error {
-	if err := m.store.save(rec); err != nil {
+	return m.persistWith(e, rec, m.store.save)
+}
+
+func (m *Manager) persistWith(e *entry, rec *Sandbox, save func(*Sandbox) error) error {
+	if err := save(rec); err != nil {
 		return err
 	}
 	m.publish(e, rec)

@@ -91,7 +91,8 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 		m.forget(e, rec)
 	}()
 
-	if err := m.store.save(rec); err != nil {
+	// Written without a sync until the sandbox is ready (store.go).
+	if err := m.store.saveVolatile(rec); err != nil {
 		return err
 	}
 	st.mark("record")
@@ -121,7 +122,7 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 			return err
 		}
 	}
-	if err := m.persist(e, rec); err != nil {
+	if err := m.persistWith(e, rec, m.store.saveVolatile); err != nil {
 		return err
 	}
 	st.mark("netns")
@@ -166,7 +167,7 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	st.mark("files")
 
 	rec.State = StateReady
-	if err := m.persist(e, rec); err != nil {
+	if err := m.persistWith(e, rec, m.store.saveCommit); err != nil {
 		return err
 	}
 	// Recorded: the pause may go on (it exits if its record never comes).

@@ -22,7 +22,30 @@ const recordFile = "sandbox.json"
 
 func (s *store) path(id string) string { return filepath.Join(s.dir, id, recordFile) }
 
-func (s *store) save(sb *Sandbox) error {
+func (s *store) save(sb *Sandbox) error { return s.write(sb, atomicfile.WriteFile) }
+
+// Durability. Every record is written atomically, so a daemon killed at
+// any moment finds the old or the new one. Most records are also synced,
+// to survive a power loss; those RunPodSandbox writes before the sandbox
+// is ready are not (saveVolatile): a power loss ends everything they
+// guard (pause, namespaces, cgroups, mounts), and what outlives it (the
+// IPAM allocation, a rootfs) is collected at start by CNI GC and the
+// sweeps. The ready record, which the caller relies on, is committed with
+// its directories (saveCommit).
+
+// saveVolatile writes the record without syncing it.
+func (s *store) saveVolatile(sb *Sandbox) error { return s.write(sb, atomicfile.Replace) }
+
+// saveCommit writes the record and syncs it, its directory and the
+// directory's entry in the store.
+func (s *store) saveCommit(sb *Sandbox) error {
+	if err := s.write(sb, atomicfile.Commit); err != nil {
+		return err
+	}
+	return atomicfile.SyncDir(s.dir)
+}
+
+func (s *store) write(sb *Sandbox, write func(string, []byte, os.FileMode) error) error {
 	b, err := json.MarshalIndent(sb, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode sandbox %s: %w", sb.ID, err)
@@ -30,7 +53,7 @@ func (s *store) save(sb *Sandbox) error {
 	if err := os.MkdirAll(filepath.Join(s.dir, sb.ID), 0o700); err != nil {
 		return fmt.Errorf("persist sandbox %s: %w", sb.ID, err)
 	}
-	return atomicfile.WriteFile(s.path(sb.ID), b, 0o600)
+	return write(s.path(sb.ID), b, 0o600)
 }
 
 func (s *store) remove(id string) error {

@@ -7,7 +7,7 @@ import (
 )
 
 func TestWriteFileAndReplaceLeaveOnlyTheNewContent(t *testing.T) {
-	for name, write := range map[string]func(string, []byte, os.FileMode) error{"WriteFile": WriteFile, "Replace": Replace} {
+	for name, write := range map[string]func(string, []byte, os.FileMode) error{"WriteFile": WriteFile, "Replace": Replace, "Commit": Commit} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			p := filepath.Join(dir, "rec.json")
