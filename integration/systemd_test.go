@@ -47,13 +47,17 @@ func TestSystemdDriverRefusedWithoutSystemd(t *testing.T) {
 	sock := filepath.Join(base, "peapod.sock")
 	out, err := exec.CommandContext(ctx, peapodBin, "serve", "--cgroup-driver", "systemd",
 		"--socket", sock, "--root", filepath.Join(base, "root"), "--state", filepath.Join(base, "state"),
-		"--cni-conf-dir", filepath.Join(base, "net.d"), "--cni-bin-dir", cniBinDir).CombinedOutput()
+		"--cni-conf-dir", filepath.Join(base, "net.d"), "--cni-bin-dir", cniBinDir,
+		"--network-name", "pprefused", "--bridge", "pprefused0", "--pod-subnet", "10.96.202.0/24").CombinedOutput()
 	if err == nil || ctx.Err() != nil {
 		t.Fatalf("peapod serve --cgroup-driver systemd without systemd: err %v, output:\n%s", err, out)
 	}
 	if !strings.Contains(string(out), "cgroup driver systemd: systemd is not the init system") ||
 		!strings.Contains(string(out), "--cgroup-driver cgroupfs") {
 		t.Errorf("unclear refusal:\n%s", out)
+	}
+	if nat, err := exec.Command("iptables-save", "-t", "nat").Output(); err == nil && strings.Contains(string(nat), `"peapod network pprefused"`) {
+		t.Errorf("a refused daemon left its network's masquerade rule")
 	}
 	if _, err := os.Stat(sock); err == nil {
 		t.Errorf("a refused daemon left its socket %s", sock)

@@ -249,9 +249,6 @@ func serve(args []string) error {
 	if err := network.Ready(); err != nil {
 		log.Warn("pod network not ready; pods cannot start until it is", "err", err)
 	}
-	if err := network.InstallHostRules(); err != nil {
-		log.Warn("pod masquerade not in place yet; the first pod retries it", "err", err)
-	}
 	images, err := image.Open(image.Config{Root: filepath.Join(cfg.Root, "images"), RegistryConfigDir: cfg.RegistryConfigDir, Log: log})
 	if err != nil {
 		return fmt.Errorf("image store: %w", err)
@@ -290,6 +287,12 @@ func serve(args []string) error {
 		return err
 	}
 	defer mgr.Close()
+	// After everything that can fail at start: Close takes the rules away
+	// again (with no pod attached), a daemon that returned earlier never
+	// made them.
+	if err := network.InstallHostRules(); err != nil {
+		log.Warn("pod masquerade not in place yet; the first pod retries it", "err", err)
+	}
 	mgr.StartStatsSampler()
 	srv := cri.NewServer(mgr, network, images, cri.Info{
 		Version:      version,
