@@ -267,6 +267,9 @@ func benchPeapod(ctx context.Context, env *benchEnv, opts options, namer *podNam
 		}
 	}
 	if opts.containerPods > 0 {
+		if err := quiesce(ctx); err != nil {
+			return err
+		}
 		if rep.peapod.containers, err = benchContainers(ctx, env, t, namer, opts, cl); err != nil {
 			return err
 		}
@@ -304,12 +307,26 @@ func benchContainerd(ctx context.Context, env *benchEnv, opts options, namer *po
 		}
 	}
 	if opts.containerPods > 0 {
+		if err := quiesce(ctx); err != nil {
+			return err
+		}
 		if rep.containerd.containers, err = benchContainers(ctx, env, t, namer, opts, cl); err != nil {
 			return err
 		}
 	}
 	return benchStatsFor(ctx, env, t, namer, cl)
 }
+
+// quiesce lets the machine quiet down before a timed section: the kernel
+// tears down the network namespaces of the pods just removed in the
+// background, and dirty pages wait for writeback; either would land in the
+// next section's timings, whichever runtime's they are.
+func quiesce(ctx context.Context) error {
+	unix.Sync()
+	return sleepCtx(ctx, quiesceTime)
+}
+
+const quiesceTime = 3 * time.Second
 
 // resolve finds the programs the bench needs and says clearly what is
 // missing.
