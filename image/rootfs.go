@@ -128,7 +128,11 @@ func (s *Store) prepareRootfsLocked(dir, imageID string, diffIDs []string) (root
 	if err != nil {
 		return rec, err
 	}
-	return rec, atomicfile.WriteFile(recPath, b, 0o600)
+	// Atomic, not synced: it is written on the way to a container's start
+	// (CreateContainer waits for it). A power loss ends the container; a
+	// rootfs whose record it took is still removed whole (RemoveRootfs),
+	// and its layers are then only kept by their image.
+	return rec, atomicfile.Replace(recPath, b, 0o600)
 }
 
 // rootfsRecords reads every container's record. Callers hold the lock.
