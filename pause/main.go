@@ -4,7 +4,9 @@
 // re-parented to it and it reaps them, so they never pile up as zombies.
 //
 // It exits 0 on SIGTERM or SIGINT and otherwise sleeps. It is built static
-// and small (see pause/embedded) and imports only syscall and unsafe.
+// and small (see pause/embedded); on amd64 and arm64 it imports only
+// syscall and unsafe (signals_raw.go), elsewhere os/signal too
+// (signals_portable.go).
 //
 // Start protocol: when fd 3 is a pipe, it is the runtime's release pipe. The
 // pause reads one byte from it before it considers itself adopted; if the
@@ -19,7 +21,8 @@
 // signal receiver), plus a goroutine per waiter. The pause therefore does not
 // use os/signal or os at all:
 //   - SIGTERM and SIGINT get a raw handler (exitZero, in assembly) that calls
-//     exit_group(0) directly; nothing of the Go runtime runs for them.
+//     exit_group(0) directly; nothing of the Go runtime runs for them. (On
+//     other architectures os/signal does it: signals_portable.go.)
 //   - SIGCHLD is set to SIG_IGN: the kernel then reaps our exited children
 //     itself, also orphans re-parented to us and zombies handed over at
 //     re-parenting time, so no reaping loop has to wake up.
@@ -55,51 +58,6 @@ var fatalByDefault = []syscall.Signal{
 	syscall.SIGXCPU, syscall.SIGXFSZ, syscall.SIGIO, syscall.SIGPWR,
 }
 
-// exitZero is a signal handler that ends the process with status 0 at once.
-// It touches no memory and never returns (see exit_linux_*.s).
-func exitZero()
-
-// exitZeroPC returns the address of exitZero, to hand it to the kernel.
-func exitZeroPC() uintptr
-
-// kernelSigaction is the kernel's struct sigaction for rt_sigaction(2) on
-// linux/amd64 and linux/arm64.
-type kernelSigaction struct {
-	handler  uintptr
-	flags    uint64
-	restorer uintptr
-	mask     uint64
-}
-
-const (
-	sigIgn = 1
-	// SA_RESTORER is mandatory on amd64 (the kernel will not deliver
-	// otherwise) and honoured on arm64; exitZero never returns, so the
-	// restorer it names is never used.
-	saRestorer = 0x04000000
-	// SA_ONSTACK: run on the thread's Go signal stack, never on a goroutine
-	// stack, even though exitZero uses no stack of its own.
-	saOnStack = 0x08000000
-)
-
-// setDisposition installs handler (an address, or sigIgn) for sig with
-// rt_sigaction directly, past the Go runtime: the runtime does not reinstall
-// handlers on its own once it is running, and a handler that exits at once
-// needs none of its machinery.
-func setDisposition(sig syscall.Signal, handler uintptr) {
-	sa := kernelSigaction{
-		handler:  handler,
-		flags:    saRestorer | saOnStack,
-		restorer: exitZeroPC(),
-		mask:     ^uint64(0), // block everything while the handler runs
-	}
-	const sigsetSize = 8
-	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(sig),
-		uintptr(unsafe.Pointer(&sa)), 0, sigsetSize, 0, 0); e != 0 {
-		fatal("pause: rt_sigaction: " + e.Error())
-	}
-}
-
 func main() {
 	if arg, ok := firstArg(); ok {
 		switch arg {
@@ -109,14 +67,7 @@ func main() {
 		}
 	}
 
-	setDisposition(syscall.SIGTERM, exitZeroPC())
-	setDisposition(syscall.SIGINT, exitZeroPC())
-	setDisposition(syscall.SIGCHLD, sigIgn)
-	// The ignored ones come last on purpose: once they show up in SigIgn of
-	// /proc/<pid>/status, the SIGTERM/SIGINT handlers are in place too.
-	for _, s := range fatalByDefault {
-		setDisposition(s, sigIgn)
-	}
+	installHandlers()
 	// Children that became zombies before SIGCHLD was ignored are not reaped
 	// by the kernel; collect them once.
 	reap()
@@ -125,12 +76,7 @@ func main() {
 		syscall.Exit(1)
 	}
 
-	for {
-		// ppoll on no fds without a timeout: pause(2), which arm64 lacks.
-		// It returns only when a signal is handled, and the only ones that
-		// reach a Go handler now are the runtime's own (e.g. preemption).
-		syscall.Syscall6(syscall.SYS_PPOLL, 0, 0, 0, 0, 0, 0)
-	}
+	sleepForever()
 }
 
 func fatal(msg string) {

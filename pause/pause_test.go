@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -374,8 +375,9 @@ var pauseEnv = []string{"GOMAXPROCS=1"}
 // pause dropped os/signal and its release goroutine it had 6-7 threads and
 // Pss_Anon 532-556 KiB with GOMAXPROCS=1 (644-712 KiB without).
 const (
-	maxPauseThreads    = 4
-	maxPausePssAnonKiB = 480
+	maxPauseThreads         = 4
+	maxPortablePauseThreads = 7
+	maxPausePssAnonKiB      = 480
 )
 
 // TestPauseFootprint fails if the pause grows back: it starts the pause in
@@ -396,8 +398,13 @@ func TestPauseFootprint(t *testing.T) {
 		pss = append(pss, ps)
 	}
 	t.Logf("threads %v, Pss_Anon KiB %v, Pss KiB %v", threads, anon, pss)
-	if m := median(threads); m > maxPauseThreads {
-		t.Errorf("median thread count %d, want <= %d", m, maxPauseThreads)
+	maxThreads := maxPauseThreads
+	if goruntime.GOARCH != "amd64" && goruntime.GOARCH != "arm64" {
+		// signals_portable.go: os/signal keeps its threads (386 measured 6-7).
+		maxThreads = maxPortablePauseThreads
+	}
+	if m := median(threads); m > maxThreads {
+		t.Errorf("median thread count %d, want <= %d", m, maxThreads)
 	}
 	if m := median(anon); m > maxPausePssAnonKiB {
 		t.Errorf("median Pss_Anon %d KiB, want <= %d KiB", m, maxPausePssAnonKiB)
