@@ -31,10 +31,6 @@ type Driver interface {
 	SweepOrphans(keep func(sandboxID string) bool) ([]string, error)
 	// RemoveParentIfEmpty removes the default parent when no pod is left.
 	RemoveParentIfEmpty() error
-	// PauseBornInCgroup says whether a pause can be started straight into
-	// its pod's cgroup (PodCgroup.StartPause: cgroupfs on v2, or on v1 as
-	// root); otherwise AddPause moves it there after it started.
-	PauseBornInCgroup() bool
 }
 
 // NewDriver returns the named driver. defaultParent is the cgroupfs path of
@@ -70,8 +66,6 @@ func CheckDriver(name string) []string {
 type cgroupfsDriver struct{ defaultParent string }
 
 func (cgroupfsDriver) Name() string { return DriverCgroupfs }
-
-func (cgroupfsDriver) PauseBornInCgroup() bool { return DetectMode() == ModeV2 || !inUserNS() }
 
 func (d cgroupfsDriver) CreatePodCgroup(cgroupParent, sandboxID string) (PodCgroup, error) {
 	return CreatePodCgroup(cgroupParent, d.defaultParent, sandboxID)

@@ -243,7 +243,7 @@ func (p PodCgroup) StartPause(start func(cgroupFD int) error) (bornIn bool, err 
 // pause cgroups, start, go back home. It returns only once the thread is
 // home again (and then unlocks it) or known to end with its goroutine.
 func (p PodCgroup) startFromPauseCgroup(roots map[string]string, start func(cgroupFD int) error) error {
-	home, err := threadCgroups()
+	home, err := threadCgroups(roots)
 	if err != nil {
 		runtime.UnlockOSThread() // still where it was: reusable
 		return err
@@ -287,14 +287,11 @@ func (p PodCgroup) startFromPauseCgroup(roots map[string]string, start func(cgro
 	return start(cgfd)
 }
 
-// threadCgroups maps each mounted v1 hierarchy root to the calling thread's
-// cgroup in it (/proc/thread-self/cgroup).
-func threadCgroups() (map[string]string, error) {
+// threadCgroups maps each of the v1 hierarchy roots (by controller, as
+// hierarchyRoots gives them) to the calling thread's cgroup in it
+// (/proc/thread-self/cgroup).
+func threadCgroups(roots map[string]string) (map[string]string, error) {
 	b, err := os.ReadFile("/proc/thread-self/cgroup")
-	if err != nil {
-		return nil, err
-	}
-	roots, err := hierarchyRoots(ModeV1)
 	if err != nil {
 		return nil, err
 	}

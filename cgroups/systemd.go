@@ -270,9 +270,6 @@ func hasChildCgroups(roots map[string]string, cgPath string) bool {
 	return false
 }
 
-// PauseBornInCgroup is false: AddPause starts the pause's scope.
-func (systemdDriver) PauseBornInCgroup() bool { return false }
-
 func (d systemdDriver) SweepOrphans(keep func(string) bool) ([]string, error) {
 	mode := hostMode()
 	roots, err := hierarchyRoots(mode)
