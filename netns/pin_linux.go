@@ -43,19 +43,27 @@ func Pin(pid int, kinds []Kind, dir string) (pins PinnedNamespaces, err error) {
 	}()
 	for _, k := range kinds {
 		target := filepath.Join(dir, string(k))
-		f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY|os.O_EXCL, 0o400)
-		if err != nil {
-			return nil, fmt.Errorf("pin %s namespace: create %s: %w", k, target, err)
-		}
-		f.Close()
-		src := "/proc/" + strconv.Itoa(pid) + "/ns/" + string(k)
-		if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
-			_ = os.Remove(target)
-			return nil, fmt.Errorf("pin %s namespace: bind %s on %s: %w", k, src, target, err)
+		if err := pinOne(k, "/proc/"+strconv.Itoa(pid)+"/ns/"+string(k), target); err != nil {
+			return nil, err
 		}
 		pins[k] = target
 	}
 	return pins, nil
+}
+
+// pinOne creates target and bind-mounts the namespace file src on it; on
+// error nothing is left.
+func pinOne(k Kind, src, target string) error {
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY|os.O_EXCL, 0o400)
+	if err != nil {
+		return fmt.Errorf("pin %s namespace: create %s: %w", k, target, err)
+	}
+	f.Close()
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		_ = os.Remove(target)
+		return fmt.Errorf("pin %s namespace: bind %s on %s: %w", k, src, target, err)
+	}
+	return nil
 }
 
 // Unpin unmounts and removes every pin file under dir, then dir itself. It
@@ -179,11 +187,6 @@ func NewNetNS(dir string) (string, error) {
 		return "", fmt.Errorf("new network namespace: %w", err)
 	}
 	target := filepath.Join(dir, string(Net))
-	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY|os.O_EXCL, 0o400)
-	if err != nil {
-		return "", fmt.Errorf("pin net namespace: create %s: %w", target, err)
-	}
-	f.Close()
 	errc := make(chan error, 1)
 	go func() {
 		// Never unlocked: the thread is in the new namespace now and ends
@@ -193,14 +196,9 @@ func NewNetNS(dir string) (string, error) {
 			errc <- fmt.Errorf("new network namespace: %w", err)
 			return
 		}
-		if err := unix.Mount("/proc/thread-self/ns/net", target, "", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("pin net namespace on %s: %w", target, err)
-			return
-		}
-		errc <- nil
+		errc <- pinOne(Net, "/proc/thread-self/ns/net", target)
 	}()
 	if err := <-errc; err != nil {
-		_ = os.Remove(target)
 		return "", err
 	}
 	return target, nil
