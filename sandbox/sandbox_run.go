@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -218,12 +217,14 @@ func hostnameFor(rec *Sandbox) string {
 	return h
 }
 
-// podNamespaceKinds says which namespaces the pause creates and pins.
+// podNamespaceKinds says which namespaces the pause creates and pins. Not
+// the network namespace: create makes and pins that one first
+// (netns.NewNetNS), and the pause joins it.
 func podNamespaceKinds(spec *Spec) (kinds []netns.Kind, flags uintptr) {
 	if spec.NetworkMode != ModeNode {
 		// A pod with its own network also has its own hostname.
-		kinds = append(kinds, netns.Net, netns.UTS)
-		flags |= syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS
+		kinds = append(kinds, netns.UTS)
+		flags |= syscall.CLONE_NEWUTS
 	}
 	if spec.IPCMode != ModeNode {
 		kinds = append(kinds, netns.IPC)
@@ -285,15 +286,11 @@ func (m *Manager) startPod(ctx context.Context, rec *Sandbox, netPath string) (p
 	return ps
 }
 
-// launchPause starts the pause in the pod's new namespaces (the network
-// namespace at netPath, if any, is joined rather than made) and pins them.
+// launchPause starts the pause in the pod's new namespaces, joining the
+// network namespace at netPath (if any), and pins the new ones.
 // cgfd ≥ 0 starts it straight in that cgroup.
 func (m *Manager) launchPause(rec *Sandbox, cgfd int, netPath string) (*releasePipe, *PauseProcess, netns.PinnedNamespaces, error) {
 	kinds, flags := podNamespaceKinds(&rec.Spec)
-	if netPath != "" {
-		kinds = slices.DeleteFunc(kinds, func(k netns.Kind) bool { return k == netns.Net })
-		flags &^= syscall.CLONE_NEWNET
-	}
 	release, err := newReleasePipe()
 	if err != nil {
 		return nil, nil, nil, err
