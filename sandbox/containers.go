@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 
+	"peapod/cgroups"
 	"peapod/image"
 	"peapod/internal/atomicfile"
 	"peapod/shim"
@@ -214,6 +215,9 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 	defer ce.op.Unlock()
 
 	st := newSteps()
+	// The init's move into its cgroups, in the shim's helper, is the
+	// slowest step; start the kernel's wait for it now (cgroups/warm.go).
+	cgroups.WarmAttachLock()
 	img, err := m.cfg.Images.Get(cfg.Image)
 	if err != nil {
 		m.dropContainer(ce, id)
@@ -570,6 +574,7 @@ func (m *Manager) Exec(ctx context.Context, id string, spec shim.ExecSpec) (int,
 	if err != nil {
 		return 0, fmt.Errorf("%w: %s", ErrNotRunning, c.ID)
 	}
+	cgroups.WarmExecAttach()
 	code, err := client.Exec(ctx, c.ID, spec)
 	if errors.Is(err, shim.ErrNotRunning) {
 		return 0, fmt.Errorf("%w: %s", ErrNotRunning, c.ID)

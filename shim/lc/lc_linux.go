@@ -17,6 +17,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/moby/sys/userns"
 	"github.com/opencontainers/cgroups"
 	// Device rules of container cgroups need the devices controller code.
 	_ "github.com/opencontainers/cgroups/devices"
@@ -62,6 +63,7 @@ func Main(args []string) {
 		os.Exit(2)
 	}
 	if *idle > 0 {
+		warmCaches()
 		pfd := []unix.PollFd{{Fd: 0, Events: unix.POLLIN}}
 		deadline := time.Now().Add(*idle)
 		for {
@@ -98,6 +100,24 @@ func Main(args []string) {
 	// has torn down its address space.
 	_ = unix.Shutdown(0, unix.SHUT_WR)
 	os.Exit(0)
+}
+
+// warmCaches fills, while a spare helper waits for its request, the
+// per-process caches that libcontainer and the cgroup manager otherwise
+// fill on the request's path. The costly one is the v1 cgroup mounts,
+// found by reading all of /proc/self/mountinfo, whose length grows with
+// every pod on the host (its pins, shm and container root filesystems).
+// Cgroup hierarchies are mounted at boot, so the cache cannot go stale
+// in the few seconds a spare waits.
+func warmCaches() {
+	_ = userns.RunningInUserNS()
+	if cgroups.IsCgroup2UnifiedMode() {
+		return
+	}
+	// Reads (and caches) the cgroup mounts of mountinfo: the v1 manager
+	// falls back to them for every hierarchy not mounted where it looks
+	// first (the unmounted controllers, the named ones).
+	_, _, _ = cgroups.FindCgroupMountpointAndRoot("", "devices")
 }
 
 // errCodes are the codes of the shim's sentinels that a helper's error
