@@ -272,6 +272,12 @@ func (m *Manager) startPod(ctx context.Context, rec *Sandbox, netPath string) (p
 			return ps
 		}
 	}
+	// A kubelet creates the pod's first container right after this call;
+	// have the kernel's cgroup attach lock warm by the time that
+	// container's init moves into its cgroups (cgroups/warm.go). From here
+	// on, creating this pod needs no cgroup_mutex, which the warming write
+	// holds while it waits.
+	cgroups.WarmAttachLock()
 	all := maps.Clone(ps.pins)
 	if netPath != "" {
 		all[netns.Net] = netPath
