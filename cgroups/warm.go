@@ -4,10 +4,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 )
 
 // Moving a process into a cgroup (a pid written to cgroup.procs or tasks)
@@ -21,8 +24,9 @@ import (
 //
 // libcontainer writes the container's init into its cgroups (and, on v1,
 // every exec'd process) while the caller waits. WarmAttachLock starts a
-// write of the daemon into the cgroup it is already in, a move that moves
-// nothing, as soon as a container creation or an exec begins. Its grace
+// write of one of the daemon's threads into the cgroup it is already in,
+// a move that moves nothing, as soon as a container creation or an exec
+// begins. Its grace
 // period then passes while the daemon mounts the rootfs and the shim's
 // helper starts libcontainer, and libcontainer's own write finds the lock
 // warm. Hosts that mount cgroups with favordynmods have no such wait, and
@@ -33,24 +37,21 @@ var (
 	warmOff  atomic.Bool // the daemon may not write its own cgroup: stop trying
 )
 
-// warmTarget is the cgroup.procs file of the daemon's own cgroup in one
-// hierarchy (v2: the unified one; v1: the first controller hierarchy
-// /proc/self/cgroup lists), or "" if there is none.
-var warmTarget = sync.OnceValue(func() string {
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return ""
-	}
+// warmHost is this host's layout and hierarchy roots, found once.
+var warmHost = sync.OnceValues(func() (Mode, map[string]string) {
 	mode := hostMode()
 	roots, err := hierarchyRoots(mode)
 	if err != nil {
-		return ""
+		return mode, nil
 	}
-	return warmTargetFrom(mode, roots, string(b))
+	return mode, roots
 })
 
-// warmTargetFrom picks the target from /proc/self/cgroup's text and the
-// hierarchy roots (as hierarchyRoots gives them).
+// warmTargetFrom picks the file the warming write goes to, from the
+// calling thread's /proc/thread-self/cgroup text and the hierarchy roots
+// (as hierarchyRoots gives them): on v2 the cgroup.procs of its cgroup;
+// on v1 the `tasks` of its cgroup in the first controller hierarchy
+// listed. "" if there is none.
 func warmTargetFrom(mode Mode, roots map[string]string, selfCgroup string) string {
 	for _, line := range strings.Split(strings.TrimSpace(selfCgroup), "\n") {
 		f := strings.SplitN(line, ":", 3)
@@ -65,7 +66,7 @@ func warmTargetFrom(mode Mode, roots map[string]string, selfCgroup string) strin
 		case mode == ModeV1 && f[1] != "" && !strings.HasPrefix(f[1], "name="):
 			for _, c := range strings.Split(f[1], ",") {
 				if root, ok := roots[c]; ok {
-					return filepath.Join(root, f[2], "cgroup.procs")
+					return filepath.Join(root, f[2], "tasks")
 				}
 			}
 		}
@@ -84,24 +85,39 @@ func WarmAttachLock() {
 	}
 	go func() {
 		defer warmBusy.Store(false)
-		if err := warmOnce(warmTarget()); errors.Is(err, os.ErrPermission) || errors.Is(err, os.ErrNotExist) {
+		if err := warmOnce(); errors.Is(err, os.ErrPermission) || errors.Is(err, os.ErrNotExist) {
 			warmOff.Store(true)
 		}
 	}()
 }
 
-// warmOnce writes this process's pid to procs, the cgroup.procs of a
-// cgroup it is in.
-func warmOnce(procs string) error {
-	if procs == "" {
+// warmOnce moves the calling thread (v1) or this process (v2) into the
+// cgroup it is in. On v1 it must be the thread alone: the daemon's other
+// threads need not all be home (StartPause forks the pause from a thread
+// that moved itself into the pause's cgroups), and moving the process
+// would bring such a thread back before its fork.
+func warmOnce() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	mode, roots := warmHost()
+	self, err := os.ReadFile("/proc/thread-self/cgroup")
+	if err != nil {
+		return err
+	}
+	target := warmTargetFrom(mode, roots, string(self))
+	if target == "" {
 		return os.ErrNotExist
 	}
-	f, err := os.OpenFile(procs, os.O_WRONLY, 0)
+	id := os.Getpid()
+	if mode == ModeV1 {
+		id = unix.Gettid()
+	}
+	f, err := os.OpenFile(target, os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	_, err = f.WriteString(strconv.Itoa(os.Getpid()))
+	_, err = f.WriteString(strconv.Itoa(id))
 	return err
 }
 

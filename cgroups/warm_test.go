@@ -2,9 +2,11 @@ package cgroups
 
 import (
 	"os"
+	"path/filepath"
+	"runtime"
 	"slices"
-	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -24,10 +26,10 @@ func TestWarmTargetFrom(t *testing.T) {
 	}{
 		{"v1 hybrid: the first controller hierarchy", ModeV1, v1roots,
 			"12:name=systemd:/system.slice/peapod.service\n11:pids:/system.slice/peapod.service\n2:cpu,cpuacct:/\n0::/system.slice/peapod.service\n",
-			"/sys/fs/cgroup/pids/system.slice/peapod.service/cgroup.procs"},
+			"/sys/fs/cgroup/pids/system.slice/peapod.service/tasks"},
 		{"v1 co-mounted controllers", ModeV1, v1roots,
 			"1:name=systemd:/a\n4:cpu,cpuacct:/b\n",
-			"/sys/fs/cgroup/cpu/b/cgroup.procs"},
+			"/sys/fs/cgroup/cpu/b/tasks"},
 		{"v1 with only named hierarchies", ModeV1, v1roots,
 			"1:name=systemd:/a\n0::/a\n", ""},
 		{"v2", ModeV2, map[string]string{"": "/sys/fs/cgroup"},
@@ -44,32 +46,21 @@ func TestWarmTargetFrom(t *testing.T) {
 	}
 }
 
-// The warming write is a real move of this process into the cgroup it is
-// already in: it succeeds, this process is listed there, and none of its
-// cgroups changes.
+// The warming write is a real move of this process's thread (v1) into the
+// cgroup it is already in: it succeeds and no cgroup of the process
+// changes.
 func TestWarmAttachMovesNothing(t *testing.T) {
 	requireRoot(t)
-	target := warmTarget()
-	if target == "" {
-		t.Fatal("no cgroup.procs of our own cgroup found")
-	}
 	before, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := warmOnce(target); err != nil {
-		t.Fatalf("write our pid to %s: %v", target, err)
+	if err := warmOnce(); err != nil {
+		t.Fatalf("warming write: %v", err)
 	}
 	after, _ := os.ReadFile("/proc/self/cgroup")
 	if string(before) != string(after) {
 		t.Fatalf("our cgroups changed:\n%s\nbecame\n%s", before, after)
-	}
-	procs, err := os.ReadFile(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(strings.Fields(string(procs)), strconv.Itoa(os.Getpid())) {
-		t.Fatalf("%s does not list this process (%d)", target, os.Getpid())
 	}
 
 	// The background form: one write at a time, and it finishes.
@@ -88,5 +79,110 @@ func TestWarmAttachMovesNothing(t *testing.T) {
 	after, _ = os.ReadFile("/proc/self/cgroup")
 	if string(before) != string(after) {
 		t.Fatalf("our cgroups changed:\n%s\nbecame\n%s", before, after)
+	}
+}
+
+// On v1 a thread of the daemon may sit in a pod's cgroups for a moment
+// (StartPause forks the pause from there). Warming writes, however many,
+// must leave it there: a write of the whole process would bring it home
+// and the pause would be born in the daemon's cgroups.
+func TestWarmLeavesOtherThreadsWhereTheyAre(t *testing.T) {
+	requireRoot(t)
+	if hostMode() != ModeV1 {
+		t.Skip("threads of one process share a cgroup on v2") // the v2 VM run skips it, rightly
+	}
+	roots, err := hierarchyRoots(ModeV1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "peapod-warmtest-" + randHex(4)
+	var dirs []string
+	for key, root := range roots {
+		if key == "" || strings.HasPrefix(key, "name=") {
+			continue
+		}
+		dir := filepath.Join(root, name)
+		if slices.Contains(dirs, dir) {
+			continue
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, dir)
+		if key == "cpuset" { // a new cpuset has no CPUs nor memory nodes
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				b, err := os.ReadFile(filepath.Join(root, f))
+				if err == nil {
+					err = os.WriteFile(filepath.Join(dir, f), b, 0)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	t.Cleanup(func() {
+		// The moved thread goes home when released.
+		deadline := time.Now().Add(5 * time.Second)
+		for _, d := range dirs {
+			for os.Remove(d) != nil && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if exists(d) {
+				t.Errorf("cannot remove test cgroup %s", d)
+			}
+		}
+	})
+
+	moved, check, done := make(chan error, 1), make(chan struct{}), make(chan string, 1)
+	release := sync.OnceFunc(func() { close(check) })
+	t.Cleanup(release) // before the removal above, which waits for the thread's end
+	go func() {
+		runtime.LockOSThread()
+		home, err := threadCgroups(roots)
+		if err != nil {
+			moved <- err
+			return // still locked: the thread ends with the goroutine
+		}
+		var joined []string
+		defer func() { // back home, so the test cgroups empty at once
+			for _, d := range joined {
+				root := filepath.Dir(d)
+				if os.WriteFile(filepath.Join(root, home[root], "tasks"), []byte("0"), 0) != nil {
+					return // stays locked and ends with the goroutine
+				}
+			}
+			runtime.UnlockOSThread()
+		}()
+		for _, d := range dirs {
+			if err := os.WriteFile(filepath.Join(d, "tasks"), []byte("0"), 0); err != nil {
+				moved <- err
+				return
+			}
+			joined = append(joined, d)
+		}
+		moved <- nil
+		<-check
+		b, _ := os.ReadFile("/proc/thread-self/cgroup")
+		done <- string(b)
+	}()
+	if err := <-moved; err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := warmOnce(); err != nil {
+			t.Fatalf("warming write: %v", err)
+		}
+	}
+	release()
+	self := <-done
+	for _, line := range strings.Split(strings.TrimSpace(self), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 || f[1] == "" || strings.HasPrefix(f[1], "name=") || f[1] == "misc" {
+			continue
+		}
+		if f[2] != "/"+name {
+			t.Fatalf("the thread left its cgroup in %s after warming writes:\n%s", f[1], self)
+		}
 	}
 }
