@@ -1,7 +1,6 @@
 package cgroups
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -34,7 +33,7 @@ import (
 
 var (
 	warmBusy atomic.Bool // a warming write is in flight
-	warmOff  atomic.Bool // the daemon may not write its own cgroup: stop trying
+	warmOff  atomic.Bool // a warming write failed: stop trying
 )
 
 // warmHost is this host's layout and hierarchy roots, found once.
@@ -77,15 +76,15 @@ func warmTargetFrom(mode Mode, roots map[string]string, selfCgroup string) strin
 // WarmAttachLock starts, in the background, the no-op move described
 // above and returns at once. Only one runs at a time: calls while one is
 // in flight do nothing (they would share its grace period anyway). It
-// gives up for good once the daemon is refused its own cgroup (a rootless
-// daemon in a cgroup it does not own).
+// gives up for good on its first failure: a rootless daemon in a cgroup it
+// does not own, a read-only cgroup mount; it only ever saves time.
 func WarmAttachLock() {
 	if warmOff.Load() || !warmBusy.CompareAndSwap(false, true) {
 		return
 	}
 	go func() {
 		defer warmBusy.Store(false)
-		if err := warmOnce(); errors.Is(err, os.ErrPermission) || errors.Is(err, os.ErrNotExist) {
+		if warmOnce() != nil {
 			warmOff.Store(true)
 		}
 	}()
