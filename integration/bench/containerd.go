@@ -276,7 +276,18 @@ func startContainerd(ctx context.Context, env *benchEnv, cl *cleanups) (*target,
 		return c.removeAllPods(2 * time.Minute)
 	})
 	t := &target{name: "containerd", cri: c, daemon: d, network: containerdNetwork}
-	if t.version, err = c.version(ctx); err != nil {
+	// containerd listens before its CRI plugin is up, which answers
+	// "server is not initialized yet" meanwhile.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		t.version, err = c.version(ctx)
+		if err == nil || !strings.Contains(err.Error(), "not initialized") || time.Now().After(deadline) {
+			break
+		}
+		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("containerd Version: %w\n%s", err, d.logTail(30))
 	}
 	if err := c.waitReady(ctx, 30*time.Second); err != nil {

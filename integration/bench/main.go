@@ -57,6 +57,7 @@ type benchEnv struct {
 type options struct {
 	pods, running, shapingPairs, cniFloor int
 	containerPods, pulls                  int // container section (containers.go); 0 pods: skip
+	pairedPods                            int // paired start section (paired.go); 0: skip
 	skipPeapod, skipContainerd            bool
 	onlyContainers                        bool // the container section alone: no sandbox lifecycle, stats, shaping, CNI floor
 }
@@ -79,6 +80,7 @@ func realMain() int {
 	flag.IntVar(&opts.shapingPairs, "shaping-pods", 15, "pods with and pods without bandwidth annotations for the shaping cost (0: skip)")
 	flag.IntVar(&opts.cniFloor, "cni-floor", 20, "attachments for the time of the CNI plugins alone (0: skip)")
 	flag.IntVar(&opts.containerPods, "container-pods", 30, "pods with a busybox container per runtime for the container section (0: skip the section)")
+	flag.IntVar(&opts.pairedPods, "paired-pods", 30, "pods per runtime for the paired start section, both runtimes side by side taking turns (0: skip)")
 	flag.IntVar(&opts.pulls, "pulls", 5, "timed pulls of the 5-layer image per runtime, each after RemoveImage")
 	flag.BoolVar(&opts.skipContainerd, "skip-containerd", false, "measure peapod only")
 	flag.BoolVar(&opts.skipPeapod, "skip-peapod", false, "measure containerd only")
@@ -90,8 +92,8 @@ func realMain() int {
 		fmt.Fprintln(os.Stderr, "bench: needs root (namespaces, cgroups, bridges, iptables)")
 		return 2
 	}
-	if opts.pods < 1 || opts.running < 0 || opts.shapingPairs < 0 || opts.cniFloor < 0 || opts.containerPods < 0 || opts.pulls < 1 {
-		fmt.Fprintln(os.Stderr, "bench: -pods and -pulls must be at least 1, -running, -shaping-pods, -cni-floor and -container-pods at least 0")
+	if opts.pods < 1 || opts.running < 0 || opts.shapingPairs < 0 || opts.cniFloor < 0 || opts.containerPods < 0 || opts.pairedPods < 0 || opts.pulls < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -pods and -pulls must be at least 1, -running, -shaping-pods, -cni-floor, -container-pods and -paired-pods at least 0")
 		return 2
 	}
 	if opts.onlyContainers {
@@ -226,6 +228,13 @@ func runBench(ctx context.Context, env *benchEnv, opts options, cl *cleanups) (*
 				return benchContainerd(ctx, env, opts, namer, pcl, rep)
 			}))
 		}
+	}
+	if opts.pairedPods > 0 && !opts.skipPeapod && !opts.skipContainerd && env.containerdBin != "" && ctx.Err() == nil {
+		errs = append(errs, phase(cl, "paired", func(pcl *cleanups) error {
+			var err error
+			rep.paired, err = benchPairedStarts(ctx, env, opts.pairedPods, namer, pcl)
+			return err
+		}))
 	}
 	return rep, errors.Join(errs...)
 }

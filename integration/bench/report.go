@@ -130,6 +130,7 @@ type report struct {
 	shaping         *shapingResult
 	cniFloor        *cniFloor
 	shapingAccuracy *table
+	paired          *pairedResult // paired.go
 	notes           []string
 }
 
@@ -217,6 +218,7 @@ func (rep *report) write(w io.Writer, opts options) {
 	}
 	main.write(w)
 	writeContainers(w, rep, opts)
+	writePaired(w, rep.paired)
 	writeStats(w)
 
 	if f := rep.cniFloor; f != nil {
