@@ -382,9 +382,25 @@ func (s *Store) WritableLayerUsage(containerID string) (bytes, inodes uint64, er
 	return u.Bytes, u.Inodes, nil
 }
 
-// isMountPoint tells whether something is mounted on p, from mountinfo
-// (device numbers cannot tell a bind mount of the same filesystem).
+// isMountPoint tells whether something is mounted on p. statx says
+// whether p is the root of a mount (Linux 5.8+): one syscall, where
+// mountinfo, which grows with every pod on the host, must be read whole.
+// Device numbers cannot tell a bind mount of the same filesystem.
 func isMountPoint(p string) (bool, error) {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, 0, &stx)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	if err == nil && stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 {
+		return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0, nil
+	}
+	return isMountPointFromMountinfo(p)
+}
+
+// isMountPointFromMountinfo is isMountPoint for kernels whose statx lacks
+// the mount-root attribute.
+func isMountPointFromMountinfo(p string) (bool, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return false, err
