@@ -367,7 +367,7 @@ func TestPauseExitsZeroOnSIGTERMBeforeRelease(t *testing.T) {
 
 // pauseEnv is the environment sandbox/pause_linux.go (startPauseCmd) gives
 // the pause; keep the two in step.
-var pauseEnv = []string{"GOMAXPROCS=1"}
+var pauseEnv = []string{"GOMAXPROCS=1", "GODEBUG=disablethp=1"}
 
 // Footprint bounds for a released pause started the way peapod starts it.
 // Measured on linux/amd64, Go 1.26, over many runs: 3 threads (sometimes 4,

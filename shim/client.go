@@ -132,22 +132,38 @@ func Start(ctx context.Context, opts StartOptions) (*Client, error) {
 // shimEnv is the daemon's environment without what belongs to the daemon
 // alone: systemd's notify socket and socket activation. The shim runs with
 // one P (GOMAXPROCS=1, see memory_linux.go) unless the daemon's
-// environment says otherwise.
+// environment says otherwise, and without transparent huge pages for its
+// heap (GODEBUG disablethp=1, added to any GODEBUG the daemon has): where
+// THP is "always" (Debian's kernels) the shim's heap would otherwise come
+// in 2 MiB pages, ~4.4 MiB anonymous instead of ~1.1 per pod. Its helpers
+// inherit both; libcontainer gives the containers' processes an
+// environment of their own.
 func shimEnv(env []string) []string {
 	out := env[:0:0]
-	procs := false
+	procs, debug := false, false
 	for _, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
+		k, v, _ := strings.Cut(kv, "=")
 		switch k {
 		case "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES":
 			continue
 		case "GOMAXPROCS":
 			procs = true
+		case "GODEBUG":
+			debug = true
+			if !strings.Contains(v, "disablethp=") {
+				kv = strings.TrimSuffix(kv, ",") + ",disablethp=1"
+				if v == "" {
+					kv = "GODEBUG=disablethp=1"
+				}
+			}
 		}
 		out = append(out, kv)
 	}
 	if !procs {
 		out = append(out, "GOMAXPROCS=1")
+	}
+	if !debug {
+		out = append(out, "GODEBUG=disablethp=1")
 	}
 	return out
 }
