@@ -41,7 +41,7 @@ var ctrCommand = []string{"sleep", "3600"}
 type containerResult struct {
 	image string // registry the images came from
 
-	up, run, create, start      []time.Duration
+	startSeries                 // paired.go: up, run, create, start
 	down, stopC, removeC        []time.Duration
 	stopP, removeP              []time.Duration
 	mem                         *ctrMemory
@@ -109,12 +109,8 @@ func benchContainers(ctx context.Context, env *benchEnv, t *target, namer *podNa
 
 	// A warm-up pod with its container first (not counted): the runtime's
 	// first container may load what later ones find ready.
-	warm, err := podWithContainer(ctx, t, w, namer, "ctr-warmup", bbID, nil)
-	if err != nil {
-		return nil, fmt.Errorf("warm-up: %w", err)
-	}
-	if err := tearDownPod(ctx, t, warm, nil); err != nil {
-		return nil, fmt.Errorf("warm-up: %w", err)
+	if err := warmUpPod(ctx, t, w, namer, "ctr-warmup", bbID); err != nil {
+		return nil, err
 	}
 
 	total := max(opts.containerPods, opts.running)
@@ -131,10 +127,7 @@ func benchContainers(ctx context.Context, env *benchEnv, t *target, namer *podNa
 		}
 		pods = append(pods, p)
 		if tm != nil {
-			res.run = append(res.run, tm.run)
-			res.create = append(res.create, tm.create)
-			res.start = append(res.start, tm.start)
-			res.up = append(res.up, tm.run+tm.create+tm.start)
+			res.add(*tm)
 		}
 		if i+1 == opts.running {
 			progress(t.name, "reading memory of the per-pod processes of %d pods with a running container", opts.running)
@@ -164,6 +157,19 @@ func benchContainers(ctx context.Context, env *benchEnv, t *target, namer *podNa
 		}
 	}
 	return res, nil
+}
+
+// warmUpPod starts a pod with its container and tears it down, untimed:
+// a runtime's first container may load what later ones find ready.
+func warmUpPod(ctx context.Context, t *target, w *containerWatch, namer *podNamer, prefix, image string) error {
+	p, err := podWithContainer(ctx, t, w, namer, prefix, image, nil)
+	if err == nil {
+		err = tearDownPod(ctx, t, p, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("%s warm-up: %w", t.name, err)
+	}
+	return nil
 }
 
 // ctrPod is a running pod with its container.

@@ -28,6 +28,8 @@ type pairedResult struct {
 	peapod, containerd startSeries
 }
 
+// startSeries is the start times of a series of pods: each call's and
+// their sum (up). The container section's results embed one too.
 type startSeries struct{ up, run, create, start []time.Duration }
 
 func (s *startSeries) add(tm startTimes) {
@@ -73,12 +75,8 @@ func benchPairedStarts(ctx context.Context, env *benchEnv, n int, namer *podName
 	}
 	unix.Sync()
 	for _, s := range sides {
-		warm, err := podWithContainer(ctx, s.t, s.w, namer, "pair-warmup", s.image, nil)
-		if err != nil {
-			return nil, fmt.Errorf("%s warm-up: %w", s.t.name, err)
-		}
-		if err := tearDownPod(ctx, s.t, warm, nil); err != nil {
-			return nil, fmt.Errorf("%s warm-up: %w", s.t.name, err)
+		if err := warmUpPod(ctx, s.t, s.w, namer, "pair-warmup", s.image); err != nil {
+			return nil, err
 		}
 	}
 	if err := quiesce(ctx); err != nil {
