@@ -74,6 +74,17 @@ func testDefaultParent(t *testing.T, mnts []string) string {
 	return parent
 }
 
+// newTestPodCgroup creates a pod cgroup and its pause cgroup under a
+// fresh test parent (testDefaultParent, whose cleanup removes them).
+func newTestPodCgroup(t *testing.T, mnts []string) PodCgroup {
+	t.Helper()
+	p, err := CreatePodCgroup("", testDefaultParent(t, mnts), newSandboxID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // removeAllCgroups deletes cgPath and its descendants in every hierarchy,
 // killing stragglers, without using the code under test.
 func removeAllCgroups(t *testing.T, mnts []string, cgPath string) {

@@ -72,11 +72,7 @@ func TestCreateAddPauseRemoveInEveryHierarchy(t *testing.T) {
 func TestRemoveTwiceIsNoop(t *testing.T) {
 	requireRoot(t)
 	mnts := mountedHierarchies(t)
-	parent := testDefaultParent(t, mnts)
-	p, err := CreatePodCgroup("", parent, newSandboxID())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newTestPodCgroup(t, mnts)
 	for i := range 3 {
 		if err := p.Remove(); err != nil {
 			t.Fatalf("Remove #%d: %v", i+1, err)
@@ -147,11 +143,7 @@ func TestMissingParentIsCreatedAndRemovedButNotItsAncestors(t *testing.T) {
 func TestPodCgroupWithContainerChildrenIsLeftUntilEmpty(t *testing.T) {
 	requireRoot(t)
 	mnts := mountedHierarchies(t)
-	parent := testDefaultParent(t, mnts)
-	p, err := CreatePodCgroup("", parent, newSandboxID())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newTestPodCgroup(t, mnts)
 	ctr := p.PodPath + "/" + newSandboxID() // a container's cgroup, owned elsewhere
 	mkdirEverywhere(t, mnts, ctr)
 	if err := p.Remove(); err != nil {

@@ -82,11 +82,7 @@ func TestV2CreateCloneIntoCgroupRemove(t *testing.T) {
 
 func TestV2AddPauseMovesProcess(t *testing.T) {
 	mnts := useHybridCgroup2AsV2(t)
-	parent := testDefaultParent(t, mnts)
-	p, err := CreatePodCgroup("", parent, newSandboxID())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newTestPodCgroup(t, mnts)
 	s := startSleeper(t, nil)
 	if err := p.AddPause(s.cmd.Process.Pid); err != nil {
 		t.Fatal(err)

@@ -72,11 +72,7 @@ func TestPodResourcesRejectNonsense(t *testing.T) {
 func TestSetResourcesOnGoneCgroupIsNotFound(t *testing.T) {
 	requireRoot(t)
 	mnts := mountedHierarchies(t)
-	parent := testDefaultParent(t, mnts)
-	p, err := CreatePodCgroup("", parent, newSandboxID())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newTestPodCgroup(t, mnts)
 	if err := p.Remove(); err != nil {
 		t.Fatal(err)
 	}

@@ -358,11 +358,7 @@ func TestReadStatsRealCgroup2WithoutControllers(t *testing.T) {
 	mnts := useHybridCgroup2AsV2(t)
 	resetStatsCache()
 	t.Cleanup(resetStatsCache)
-	parent := testDefaultParent(t, mnts)
-	p, err := CreatePodCgroup("", parent, newSandboxID())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newTestPodCgroup(t, mnts)
 	fd, err := p.PauseCgroupFD()
 	if err != nil {
 		t.Fatal(err)
@@ -800,11 +796,7 @@ func TestReadDetailedStatsRealV1(t *testing.T) {
 		t.Skip("v1 host only")
 	}
 	mnts := mountedHierarchies(t)
-	parent := testDefaultParent(t, mnts)
-	p, err := CreatePodCgroup("", parent, newSandboxID())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newTestPodCgroup(t, mnts)
 	t.Cleanup(func() { _ = p.Remove() })
 	cpuDir := filepath.Join("/sys/fs/cgroup/cpu", p.PodPath)
 	memDir := filepath.Join("/sys/fs/cgroup/memory", p.PodPath)
