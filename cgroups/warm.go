@@ -24,12 +24,12 @@ import (
 // libcontainer writes the container's init into its cgroups (and, on v1,
 // every exec'd process) while the caller waits. WarmAttachLock starts a
 // write of one of the daemon's threads into the cgroup it is already in,
-// a move that moves nothing, as soon as a container creation or an exec
-// begins. Its grace
-// period then passes while the daemon mounts the rootfs and the shim's
-// helper starts libcontainer, and libcontainer's own write finds the lock
-// warm. Hosts that mount cgroups with favordynmods have no such wait, and
-// there the extra write costs a few microseconds.
+// a move that moves nothing, once a pod's pause is in its cgroups and as
+// soon as a container creation or an exec begins. Its grace period then
+// passes while the daemon mounts the rootfs and the shim's helper starts
+// libcontainer, and libcontainer's own write finds the lock warm. Hosts
+// that mount cgroups with favordynmods have no such wait, and there the
+// extra write costs a few microseconds.
 
 var (
 	warmBusy atomic.Bool // a warming write is in flight
@@ -125,7 +125,7 @@ func warmOnce() error {
 // on v1; on v2 the process is born in them (CLONE_INTO_CGROUP) and waits
 // for nothing.
 func WarmExecAttach() {
-	if hostMode() == ModeV1 {
+	if mode, _ := warmHost(); mode == ModeV1 {
 		WarmAttachLock()
 	}
 }

@@ -151,10 +151,10 @@ func shimEnv(env []string) []string {
 		case "GODEBUG":
 			debug = true
 			if !strings.Contains(v, "disablethp=") {
-				kv = strings.TrimSuffix(kv, ",") + ",disablethp=1"
-				if v == "" {
-					kv = "GODEBUG=disablethp=1"
+				if v = strings.TrimSuffix(v, ","); v != "" {
+					v += ","
 				}
+				kv = "GODEBUG=" + v + "disablethp=1"
 			}
 		}
 		out = append(out, kv)
