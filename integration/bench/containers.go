@@ -53,11 +53,7 @@ type containerResult struct {
 
 // benchContainers runs the container section against a started runtime.
 func benchContainers(ctx context.Context, env *benchEnv, t *target, namer *podNamer, opts options, cl *cleanups) (*containerResult, error) {
-	imgs, err := buildBenchImages()
-	if err != nil {
-		return nil, err
-	}
-	reg, err := startBenchRegistry(imgs, cl)
+	reg, err := startBenchRegistry(cl)
 	if err != nil {
 		return nil, err
 	}

@@ -240,7 +240,13 @@ type benchRegistry struct {
 	srv  *http.Server
 }
 
-func startBenchRegistry(imgs *benchImages, cl *cleanups) (*benchRegistry, error) {
+// startBenchRegistry builds the images (once per bench run) and serves
+// them from a new registry that cl stops.
+func startBenchRegistry(cl *cleanups) (*benchRegistry, error) {
+	imgs, err := buildBenchImages()
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err

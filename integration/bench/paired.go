@@ -50,11 +50,7 @@ func benchPairedStarts(ctx context.Context, env *benchEnv, n int, namer *podName
 	if err != nil {
 		return nil, err
 	}
-	imgs, err := buildBenchImages()
-	if err != nil {
-		return nil, err
-	}
-	reg, err := startBenchRegistry(imgs, cl)
+	reg, err := startBenchRegistry(cl)
 	if err != nil {
 		return nil, err
 	}

@@ -68,11 +68,7 @@ func benchStatsFor(ctx context.Context, env *benchEnv, t *target, namer *podName
 	statsResults[t.name] = res
 	statsMu.Unlock()
 
-	imgs, err := buildBenchImages()
-	if err != nil {
-		return err
-	}
-	reg, err := startBenchRegistry(imgs, cl)
+	reg, err := startBenchRegistry(cl)
 	if err != nil {
 		return err
 	}
