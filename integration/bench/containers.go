@@ -99,9 +99,12 @@ func benchContainers(ctx context.Context, env *benchEnv, t *target, namer *podNa
 		return nil, err
 	}
 
-	// The pulls' writeback must not land in the timed starts: a runtime's
-	// record syncs would wait for it (both runtimes sync their state).
-	unix.Sync()
+	// The pulls must not reach into the timed starts: their writeback
+	// (a runtime's record syncs would wait for it), and on ext4 without a
+	// journal the thousand files RemoveImage just deleted (see quiesce).
+	if err := quiesce(ctx); err != nil {
+		return nil, err
+	}
 
 	// A warm-up pod with its container first (not counted): the runtime's
 	// first container may load what later ones find ready.

@@ -60,6 +60,7 @@ type options struct {
 	pairedPods                            int // paired start section (paired.go); 0: skip
 	skipPeapod, skipContainerd            bool
 	onlyContainers                        bool // the container section alone: no sandbox lifecycle, stats, shaping, CNI floor
+	hostFS                                bool // the runtimes' files on the host's file system, not one made for the run (benchfs.go)
 }
 
 func main() {
@@ -84,6 +85,7 @@ func realMain() int {
 	flag.IntVar(&opts.pulls, "pulls", 5, "timed pulls of the 5-layer image per runtime, each after RemoveImage")
 	flag.BoolVar(&opts.skipContainerd, "skip-containerd", false, "measure peapod only")
 	flag.BoolVar(&opts.skipPeapod, "skip-peapod", false, "measure containerd only")
+	flag.BoolVar(&opts.hostFS, "host-fs", false, "keep the runtimes' files on the host's file system instead of a fresh ext4 made for the run")
 	flag.BoolVar(&opts.onlyContainers, "only-containers", false, "run the container section alone (start, teardown, memory, pulls): no sandbox lifecycle, stats, shaping or CNI floor")
 	timeout := flag.Duration("timeout", 10*time.Minute, "give up (and clean up) after this long")
 	flag.Parse()
@@ -123,7 +125,7 @@ func realMain() int {
 			case 2:
 				fmt.Fprintln(os.Stderr, "bench: still cleaning up; once more to quit now and leave things behind")
 			default:
-				fmt.Fprintf(os.Stderr, "bench: quitting; leftovers may remain: /tmp/peapod-bench-*, bridges %s, %s, %s\n", peapodNetwork, containerdNetwork, floorNetwork)
+				fmt.Fprintf(os.Stderr, "bench: quitting; leftovers may remain: /tmp/peapod-benchfs-* (a loop mount) or /tmp/peapod-bench-*, bridges %s, %s, %s\n", peapodNetwork, containerdNetwork, floorNetwork)
 				os.Exit(130)
 			}
 		}
@@ -187,7 +189,18 @@ func runBench(ctx context.Context, env *benchEnv, opts options, cl *cleanups) (*
 	if err := env.resolve(opts); err != nil {
 		return rep, err
 	}
-	base, err := os.MkdirTemp("", "peapod-bench-")
+	parent := os.TempDir()
+	if opts.hostFS {
+		rep.fs = hostFSDesc(parent)
+	} else {
+		fs, err := makeBenchFS(cl)
+		if err != nil {
+			return rep, err
+		}
+		env.leaks.add(fs.leaks)
+		parent, rep.fs = fs.dir, fs.desc
+	}
+	base, err := os.MkdirTemp(parent, "peapod-bench-")
 	if err != nil {
 		return rep, err
 	}
@@ -330,12 +343,22 @@ func benchContainerd(ctx context.Context, env *benchEnv, opts options, namer *po
 // tears down the network namespaces of the pods just removed in the
 // background, and dirty pages wait for writeback; either would land in the
 // next section's timings, whichever runtime's they are.
+//
+// It also waits out ext4's memory of deleted files. On an ext4 without a
+// journal (this kind of VM's root file system), allocating an inode skips
+// every free one deleted in the last 5 seconds, or in the last 5 minutes
+// if its inode table block is still dirty, with one buffer lookup each
+// (fs/ext4/ialloc.c, recently_deleted). Right after a section that deleted
+// thousands of files (RemoveImage of the 5-layer image, a teardown), every
+// file or directory either runtime creates scanned past all of them: a
+// millisecond or more each, dozens per pod. After sync(2) the blocks are
+// clean and 5 seconds later no deletion counts as recent.
 func quiesce(ctx context.Context) error {
 	unix.Sync()
 	return sleepCtx(ctx, quiesceTime)
 }
 
-const quiesceTime = 3 * time.Second
+const quiesceTime = 6 * time.Second
 
 // resolve finds the programs the bench needs and says clearly what is
 // missing.

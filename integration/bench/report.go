@@ -132,6 +132,7 @@ type report struct {
 	shapingAccuracy *table
 	paired          *pairedResult // paired.go
 	notes           []string
+	fs              string // the file system the runtimes' files were on
 }
 
 type runtimeReport struct {
@@ -177,6 +178,9 @@ func (rep *report) write(w io.Writer, opts options) {
 		}
 	}
 	fmt.Fprintf(w, "  network:    CNI bridge + host-local, portmap, loopback from bin/cni; identical PodSandboxConfig (linux: {})\n")
+	if rep.fs != "" {
+		fmt.Fprintf(w, "  files:      %s\n", rep.fs)
+	}
 	fmt.Fprintf(w, "  %d pods one at a time after a warm-up pod: all run, then all stopped, then all removed; memory with %d running\n", opts.pods, opts.running)
 
 	main := &table{header: []string{"", "peapod", "containerd", "peapod/containerd", "target"}}
