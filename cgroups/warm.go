@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,18 +23,39 @@ import (
 // finished does not wait at all.
 //
 // libcontainer writes the container's init into its cgroups (and, on v1,
-// every exec'd process) while the caller waits. WarmAttachLock starts a
-// write of one of the daemon's threads into the cgroup it is already in,
-// a move that moves nothing, once a pod's pause is in its cgroups and as
-// soon as a container creation or an exec begins. Its grace period then
-// passes while the daemon mounts the rootfs and the shim's helper starts
-// libcontainer, and libcontainer's own write finds the lock warm. Hosts
-// that mount cgroups with favordynmods have no such wait, and there the
-// extra write costs a few microseconds.
+// every exec'd process) while the caller waits. WarmAttachLock keeps the
+// lock warm instead: a thread of the daemon writes itself into the cgroup
+// it is already in, a move that moves nothing, every few milliseconds
+// (less than a grace period apart) for a while after each pod or container
+// event: once a pod's pause is in its cgroups, when a container creation
+// or an exec begins. Only the first of a burst waits, and it waits while
+// the rootfs is mounted and the shim's helper starts; the init's move
+// finds the lock warm, and so does the next pod's, and the container the
+// kubelet creates a moment after RunPodSandbox returns. A single write per
+// event did not do: the lock cooled down in the time between the pod and
+// its container, and the write that then waited held cgroup_mutex, so the
+// helper's first mkdir of the container's cgroups waited behind it.
+//
+// Each write holds the lock for some microseconds, in which forks and
+// exits on the host wait. Hosts that mount cgroups with favordynmods keep
+// the lock in this state for good; peapod does it only while it starts
+// pods and containers, for warmWindow after the last one.
 
 var (
-	warmBusy atomic.Bool // a warming write is in flight
-	warmOff  atomic.Bool // a warming write failed: stop trying
+	warmBusy   atomic.Bool  // the warming loop runs
+	warmOff    atomic.Bool  // a warming write failed: stop trying
+	warmUntil  atomic.Int64 // the loop runs until then (Unix nanoseconds)
+	warmWrites atomic.Int64 // writes done, for tests
+)
+
+var (
+	// warmWindow is how long the lock is kept warm after the last event.
+	// It covers a kubelet's steps between RunPodSandbox and the creation
+	// and start of the pod's containers, without image pulls.
+	warmWindow = 2 * time.Second
+	// warmPeriod is the time between two writes: well below a grace
+	// period (about 10 ms here; a few ms on idle hosts with HZ=1000).
+	warmPeriod = 3 * time.Millisecond
 )
 
 // warmHost is this host's layout and hierarchy roots, found once.
@@ -73,39 +95,74 @@ func warmTargetFrom(mode Mode, roots map[string]string, selfCgroup string) strin
 	return ""
 }
 
-// WarmAttachLock starts, in the background, the no-op move described
-// above and returns at once. Only one runs at a time: calls while one is
-// in flight do nothing (they would share its grace period anyway). It
-// gives up for good on its first failure: a rootless daemon in a cgroup it
-// does not own, a read-only cgroup mount; it only ever saves time.
+// WarmAttachLock keeps the lock warm, in the background, for warmWindow
+// from now, and returns at once: it starts the warming loop or extends the
+// running one's time. It gives up for good on its first failure: a
+// rootless daemon in a cgroup it does not own, a read-only cgroup mount;
+// it only ever saves time.
 func WarmAttachLock() {
-	if warmOff.Load() || !warmBusy.CompareAndSwap(false, true) {
+	if warmOff.Load() {
 		return
 	}
-	go func() {
-		defer warmBusy.Store(false)
-		if warmOnce() != nil {
-			warmOff.Store(true)
+	until := time.Now().Add(warmWindow).UnixNano()
+	for {
+		cur := warmUntil.Load()
+		if cur >= until || warmUntil.CompareAndSwap(cur, until) {
+			break
 		}
-	}()
+	}
+	if warmBusy.CompareAndSwap(false, true) {
+		go warmLoop()
+	}
 }
 
-// warmOnce moves the calling thread (v1) or this process (v2) into the
-// cgroup it is in. On v1 it must be the thread alone: the daemon's other
-// threads need not all be home (StartPause forks the pause from a thread
-// that moved itself into the pause's cgroups), and moving the process
-// would bring such a thread back before its fork.
-func warmOnce() error {
+// warmLoop writes until warmUntil passes. Callers hold warmBusy for it.
+func warmLoop() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	f, id, err := warmWriter()
+	if err != nil {
+		warmOff.Store(true)
+		warmBusy.Store(false)
+		return
+	}
+	defer f.Close()
+	for {
+		if _, err := f.WriteString(id); err != nil {
+			warmOff.Store(true)
+			warmBusy.Store(false)
+			return
+		}
+		warmWrites.Add(1)
+		if time.Now().UnixNano() < warmUntil.Load() {
+			time.Sleep(warmPeriod)
+			continue
+		}
+		warmBusy.Store(false)
+		// A caller may have moved warmUntil on after the check above and
+		// found the loop busy: carry on for it rather than leave it cold.
+		if time.Now().UnixNano() >= warmUntil.Load() || !warmBusy.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// warmWriter opens the file the warming writes go to, for the calling
+// thread (v1) or this process (v2), and gives what to write there. The
+// caller keeps its goroutine locked to its thread while it writes. On v1
+// it must be the thread alone: the daemon's other threads need not all be
+// home (StartPause forks the pause from a thread that moved itself into
+// the pause's cgroups), and moving the process would bring such a thread
+// back before its fork.
+func warmWriter() (*os.File, string, error) {
 	mode, roots := warmHost()
 	self, err := os.ReadFile("/proc/thread-self/cgroup")
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	target := warmTargetFrom(mode, roots, string(self))
 	if target == "" {
-		return os.ErrNotExist
+		return nil, "", os.ErrNotExist
 	}
 	id := os.Getpid()
 	if mode == ModeV1 {
@@ -113,10 +170,21 @@ func warmOnce() error {
 	}
 	f, err := os.OpenFile(target, os.O_WRONLY, 0)
 	if err != nil {
+		return nil, "", err
+	}
+	return f, strconv.Itoa(id), nil
+}
+
+// warmOnce is one warming write from the calling goroutine.
+func warmOnce() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	f, id, err := warmWriter()
+	if err != nil {
 		return err
 	}
 	defer f.Close()
-	_, err = f.WriteString(strconv.Itoa(id))
+	_, err = f.WriteString(id)
 	return err
 }
 

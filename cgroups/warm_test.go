@@ -63,22 +63,68 @@ func TestWarmAttachMovesNothing(t *testing.T) {
 		t.Fatalf("our cgroups changed:\n%s\nbecame\n%s", before, after)
 	}
 
-	// The background form: one write at a time, and it finishes.
+	// The background form: one loop however many callers, and it ends.
+	window := shortWarmWindow(t, 100*time.Millisecond)
 	WarmAttachLock()
 	WarmAttachLock()
-	deadline := time.Now().Add(5 * time.Second)
+	waitWarmLoop(t, window+5*time.Second)
+	after, _ = os.ReadFile("/proc/self/cgroup")
+	if string(before) != string(after) {
+		t.Fatalf("our cgroups changed:\n%s\nbecame\n%s", before, after)
+	}
+}
+
+// shortWarmWindow sets warmWindow for one test.
+func shortWarmWindow(t *testing.T, d time.Duration) time.Duration {
+	t.Helper()
+	waitWarmLoop(t, warmWindow+5*time.Second) // one an earlier test started
+	old := warmWindow
+	warmWindow = d
+	t.Cleanup(func() { warmWindow = old })
+	return d
+}
+
+// waitWarmLoop waits for the warming loop to end, and fails if it did not
+// within max or if it gave up.
+func waitWarmLoop(t *testing.T, max time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(max)
 	for warmBusy.Load() {
 		if time.Now().After(deadline) {
-			t.Fatal("the warming write did not finish in 5s")
+			t.Fatalf("the warming loop still runs after %s", max)
 		}
 		time.Sleep(time.Millisecond)
 	}
 	if warmOff.Load() {
 		t.Fatal("warming gave up as root")
 	}
-	after, _ = os.ReadFile("/proc/self/cgroup")
-	if string(before) != string(after) {
-		t.Fatalf("our cgroups changed:\n%s\nbecame\n%s", before, after)
+}
+
+// The lock stays warm for the window after the last call: the loop keeps
+// writing, less than a grace period apart, and a call while it runs
+// extends it rather than starting a second one.
+func TestWarmKeepsWritingForItsWindow(t *testing.T) {
+	requireRoot(t)
+	window := shortWarmWindow(t, 150*time.Millisecond)
+	n0 := warmWrites.Load()
+	start := time.Now()
+	WarmAttachLock()
+	time.Sleep(window / 2)
+	WarmAttachLock() // extends to window/2 + window from start
+	waitWarmLoop(t, 10*time.Second)
+	ran := time.Since(start)
+	if ran < window*3/2 {
+		t.Errorf("the loop ended %s after the first call; a call at %s should have kept it to %s", ran, window/2, window*3/2)
+	}
+	// Writes were about warmPeriod apart the whole time. A loaded host
+	// may stretch the sleeps; a third of the ideal count still shows the
+	// loop kept going rather than writing once per call.
+	writes := warmWrites.Load() - n0
+	if ideal := int64(window * 3 / 2 / warmPeriod); writes < ideal/3 {
+		t.Errorf("%d warming writes in %s, want about %d (one per %s)", writes, ran, ideal, warmPeriod)
+	}
+	if warmBusy.Load() {
+		t.Error("a second loop started after the first ended")
 	}
 }
 
