@@ -26,20 +26,23 @@ import (
 // every exec'd process) while the caller waits. WarmAttachLock keeps the
 // lock warm instead: a thread of the daemon writes itself into the cgroup
 // it is already in, a move that moves nothing, every few milliseconds
-// (less than a grace period apart) for a while after each pod or container
-// event: once a pod's pause is in its cgroups, when a container creation
-// or an exec begins. Only the first of a burst waits, and it waits while
-// the rootfs is mounted and the shim's helper starts; the init's move
-// finds the lock warm, and so does the next pod's, and the container the
-// kubelet creates a moment after RunPodSandbox returns. A single write per
-// event did not do: the lock cooled down in the time between the pod and
-// its container, and the write that then waited held cgroup_mutex, so the
-// helper's first mkdir of the container's cgroups waited behind it.
+// (less than a grace period apart), from the moment a pod's pause is in
+// its cgroups until its container's init is in its own (EndWarmAttach, at
+// the end of CreateContainer), for warmPodWindow at most; and for a
+// moment when an exec begins. The first write of a burst waits, beside
+// the CNI ADD or while the rootfs is mounted; the init's move then finds
+// the lock warm, also when a kubelet creates the container a while after
+// RunPodSandbox returned. One write per event did not do: the lock cooled
+// down in the time between the pod and its container, and the write that
+// then waited held cgroup_mutex, so the helper's first mkdir of the
+// container's cgroups waited behind it.
 //
-// Each write holds the lock for some microseconds, in which forks and
-// exits on the host wait. Hosts that mount cgroups with favordynmods keep
-// the lock in this state for good; peapod does it only while it starts
-// pods and containers, for warmWindow after the last one.
+// The loop stops as soon as it has served: each write holds the lock for
+// some microseconds, in which forks and exits on the host wait, and a
+// loop left running for two seconds after each pod slowed the next pods'
+// starts by 6-10 ms (p50) while another runtime started pods in between.
+// Hosts that mount cgroups with favordynmods keep the lock in this state
+// for good.
 
 var (
 	warmBusy   atomic.Bool  // the warming loop runs
@@ -49,10 +52,13 @@ var (
 )
 
 var (
-	// warmWindow is how long the lock is kept warm after the last event.
-	// It covers a kubelet's steps between RunPodSandbox and the creation
-	// and start of the pod's containers, without image pulls.
-	warmWindow = 2 * time.Second
+	// warmPodWindow is how long the lock is kept warm for a pod's first
+	// container at most: a kubelet's steps between RunPodSandbox and
+	// CreateContainer, without image pulls.
+	warmPodWindow = 2 * time.Second
+	// warmExecWindow is how long an exec's warming lasts: until its
+	// process is in the container's cgroups, a few milliseconds later.
+	warmExecWindow = 100 * time.Millisecond
 	// warmPeriod is the time between two writes: well below a grace
 	// period (about 10 ms here; a few ms on idle hosts with HZ=1000).
 	warmPeriod = 3 * time.Millisecond
@@ -95,16 +101,25 @@ func warmTargetFrom(mode Mode, roots map[string]string, selfCgroup string) strin
 	return ""
 }
 
-// WarmAttachLock keeps the lock warm, in the background, for warmWindow
-// from now, and returns at once: it starts the warming loop or extends the
-// running one's time. It gives up for good on its first failure: a
-// rootless daemon in a cgroup it does not own, a read-only cgroup mount;
-// it only ever saves time.
-func WarmAttachLock() {
+// WarmAttachLock keeps the lock warm, in the background, until
+// EndWarmAttach or for warmPodWindow from now, and returns at once: it
+// starts the warming loop or extends the running one's time.
+func WarmAttachLock() { warmFor(warmPodWindow) }
+
+// EndWarmAttach ends the warming once the container it was for has its
+// init in its cgroups: the loop stops after its next write. Another pod
+// started meanwhile loses its warming too; its container's init then
+// waits once, as it would without any.
+func EndWarmAttach() { warmUntil.Store(0) }
+
+// warmFor keeps the lock warm for d from now. It gives up for good on its
+// first failure: a rootless daemon in a cgroup it does not own, a
+// read-only cgroup mount; it only ever saves time.
+func warmFor(d time.Duration) {
 	if warmOff.Load() {
 		return
 	}
-	until := time.Now().Add(warmWindow).UnixNano()
+	until := time.Now().Add(d).UnixNano()
 	for {
 		cur := warmUntil.Load()
 		if cur >= until || warmUntil.CompareAndSwap(cur, until) {
@@ -188,12 +203,12 @@ func warmOnce() error {
 	return err
 }
 
-// WarmExecAttach is WarmAttachLock before an exec into a container.
-// libcontainer writes an exec'd process into the container's cgroups only
-// on v1; on v2 the process is born in them (CLONE_INTO_CGROUP) and waits
-// for nothing.
+// WarmExecAttach warms the lock for an exec into a container, for
+// warmExecWindow. libcontainer writes an exec'd process into the
+// container's cgroups only on v1; on v2 the process is born in them
+// (CLONE_INTO_CGROUP) and waits for nothing.
 func WarmExecAttach() {
 	if mode, _ := warmHost(); mode == ModeV1 {
-		WarmAttachLock()
+		warmFor(warmExecWindow)
 	}
 }

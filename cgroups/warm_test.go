@@ -74,13 +74,13 @@ func TestWarmAttachMovesNothing(t *testing.T) {
 	}
 }
 
-// shortWarmWindow sets warmWindow for one test.
+// shortWarmWindow sets warmPodWindow for one test.
 func shortWarmWindow(t *testing.T, d time.Duration) time.Duration {
 	t.Helper()
-	waitWarmLoop(t, warmWindow+5*time.Second) // one an earlier test started
-	old := warmWindow
-	warmWindow = d
-	t.Cleanup(func() { warmWindow = old })
+	waitWarmLoop(t, warmPodWindow+5*time.Second) // one an earlier test started
+	old := warmPodWindow
+	warmPodWindow = d
+	t.Cleanup(func() { warmPodWindow = old })
 	return d
 }
 
@@ -126,6 +126,21 @@ func TestWarmKeepsWritingForItsWindow(t *testing.T) {
 	if warmBusy.Load() {
 		t.Error("a second loop started after the first ended")
 	}
+}
+
+// EndWarmAttach stops the loop long before its window is over: once the
+// container it warmed for is in its cgroups, it would only slow the
+// host's forks and exits.
+func TestWarmEndsWhenToldTo(t *testing.T) {
+	requireRoot(t)
+	shortWarmWindow(t, time.Minute)
+	WarmAttachLock()
+	time.Sleep(20 * time.Millisecond)
+	if !warmBusy.Load() {
+		t.Fatal("no warming loop runs after WarmAttachLock")
+	}
+	EndWarmAttach()
+	waitWarmLoop(t, time.Second)
 }
 
 // On v1 a thread of the daemon may sit in a pod's cgroups for a moment

@@ -216,8 +216,10 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 
 	st := newSteps()
 	// The init's move into its cgroups, in the shim's helper, is the
-	// slowest step; start the kernel's wait for it now (cgroups/warm.go).
+	// slowest step; have the kernel's lock for it warm (cgroups/warm.go),
+	// until the move is done.
 	cgroups.WarmAttachLock()
+	defer cgroups.EndWarmAttach()
 	img, err := m.cfg.Images.Get(cfg.Image)
 	if err != nil {
 		m.dropContainer(ce, id)

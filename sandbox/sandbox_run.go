@@ -272,11 +272,11 @@ func (m *Manager) startPod(ctx context.Context, rec *Sandbox, netPath string) (p
 			return ps
 		}
 	}
-	// A kubelet creates the pod's first container right after this call;
-	// have the kernel's cgroup attach lock warm by the time that
-	// container's init moves into its cgroups (cgroups/warm.go). From here
-	// on, creating this pod needs no cgroup_mutex, which the warming write
-	// holds while it waits.
+	// A kubelet creates the pod's first container after this call; keep
+	// the kernel's cgroup attach lock warm until that container's init has
+	// moved into its cgroups (CreateContainer ends it; cgroups/warm.go).
+	// From here on, creating this pod needs no cgroup_mutex, which the
+	// first warming write holds while it waits.
 	cgroups.WarmAttachLock()
 	all := maps.Clone(ps.pins)
 	if netPath != "" {
