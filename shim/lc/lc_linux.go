@@ -23,6 +23,7 @@ import (
 	_ "github.com/opencontainers/cgroups/devices"
 	cgmanager "github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs/validate"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -118,6 +119,49 @@ func warmCaches() {
 	// falls back to them for every hierarchy not mounted where it looks
 	// first (the unmounted controllers, the named ones).
 	_, _, _ = cgroups.FindCgroupMountpointAndRoot("", "devices")
+	_ = warmCreatePath()
+}
+
+// warmCreatePath runs, on a made-up container, the pure part of a
+// create: the spec's conversion to libcontainer's config, its validation
+// and its encoding. It creates nothing. A fresh helper otherwise runs that
+// code for the first time on the request's path, faulting its pages in
+// and filling the packages' lazy tables while the caller waits. Its error
+// says where the made-up container stopped being valid (tests).
+func warmCreatePath() error {
+	shares, limit := uint64(2), int64(64<<20)
+	cs := &shim.ContainerSpec{
+		ID:     "peapod-warm",
+		Rootfs: "/",
+		Args:   []string{"/bin/true"},
+		Env:    []string{"HOSTNAME=warm"},
+		Mounts: []shim.Mount{{Source: "/etc/hosts", Destination: "/etc/hosts", Readonly: true}},
+		Namespaces: []shim.Namespace{
+			{Type: specs.NetworkNamespace, Path: "/proc/self/ns/net"},
+			{Type: specs.IPCNamespace, Path: "/proc/self/ns/ipc"},
+			{Type: specs.UTSNamespace, Path: "/proc/self/ns/uts"},
+			{Type: specs.PIDNamespace},
+		},
+		Resources: &specs.LinuxResources{
+			CPU:    &specs.LinuxCPU{Shares: &shares},
+			Memory: &specs.LinuxMemory{Limit: &limit},
+		},
+	}
+	s, err := ociSpec(cs, "/peapod-warm", func(specs.LinuxNamespaceType, string) (string, error) {
+		return "", errors.New("none")
+	})
+	if err != nil {
+		return err
+	}
+	cfg, err := libcontainerConfig(cs.ID, s, false)
+	if err != nil {
+		return err
+	}
+	if err := validate.Validate(cfg); err != nil {
+		return err
+	}
+	_, err = json.Marshal(cfg)
+	return err
 }
 
 // errCodes are the codes of the shim's sentinels that a helper's error
