@@ -25,7 +25,8 @@ import (
 //   - start: RunPodSandbox, CreateContainer and StartContainer, one pod at
 //     a time as a kubelet starts a pod; the sum of the three calls' times.
 //     The container is `sleep 3600`, its image given by the ID PullImage
-//     returned (as a kubelet sends it).
+//     returned, with the masked and read-only paths of the default
+//     procMount (as a kubelet sends both).
 //   - teardown: StopContainer (timeout 0: SIGKILL at once, since `sleep` is
 //     the init of its pid namespace and ignores SIGTERM), RemoveContainer,
 //     StopPodSandbox and RemovePodSandbox, one pod at a time.
@@ -36,6 +37,23 @@ import (
 const ctrName = "sleep"
 
 var ctrCommand = []string{"sleep", "3600"}
+
+// The masked and read-only paths a kubelet sends in every container's
+// security context for the default procMount (its securitycontext
+// package). Given nothing, peapod applies these same paths itself, while
+// containerd 1.6 applies none: without them the two would not do the same
+// work.
+var (
+	kubeletMaskedPaths = []string{
+		"/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
+		"/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+		"/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+		"/sys/devices/virtual/powercap",
+	}
+	kubeletReadonlyPaths = []string{
+		"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+	}
+)
 
 // containerResult is one runtime's figures for the container section.
 type containerResult struct {
@@ -207,7 +225,9 @@ func podWithContainer(ctx context.Context, t *target, w *containerWatch, namer *
 			Image:    &runtime.ImageSpec{Image: image},
 			Command:  ctrCommand,
 			LogPath:  ctrName + "_0.log",
-			Linux:    &runtime.LinuxContainerConfig{},
+			Linux: &runtime.LinuxContainerConfig{SecurityContext: &runtime.LinuxContainerSecurityContext{
+				MaskedPaths: kubeletMaskedPaths, ReadonlyPaths: kubeletReadonlyPaths,
+			}},
 		},
 	})
 	if err != nil {
@@ -708,7 +728,8 @@ func writeContainers(w io.Writer, rep *report, opts options) {
 		sizeCell(ctd, func(r *containerResult) uint64 { return r.imageSize })+" / "+sizeCell(ctd, func(r *containerResult) uint64 { return r.imageSizeBusybox }), "", "")
 
 	tb.notes = append(tb.notes,
-		"start: the sum of the three calls' times, the container's image given by the ID PullImage returned (as a kubelet does);",
+		"start: the sum of the three calls' times, the container's image given by the ID PullImage returned and the masked and",
+		"read-only paths of the default procMount (as a kubelet sends them);",
 		"teardown: StopContainer with timeout 0 (SIGKILL at once: `sleep` is its pid namespace's init and ignores SIGTERM),",
 		"RemoveContainer, StopPodSandbox, RemovePodSandbox. Per-pod processes: the pause, the container's process, its parent",
 		"(the shim), containerd's shim of the sandbox, the pod's cgroup, and their descendants; PSS as in the table above.")
