@@ -36,24 +36,10 @@ func cgroupFile(controller, cgPath, file string) string {
 // cpuacct.usage on v1, usage_usec of cpu.stat on v2.
 func kernelCPUNanos(t testing.TB, cg string) uint64 {
 	t.Helper()
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+	if !cgroupV2Host() {
 		return readUintFile(t, cgroupFile("cpuacct", cg, "cpuacct.usage"))
 	}
-	b, err := os.ReadFile(cgroupFile("cpu", cg, "cpu.stat"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "usage_usec "); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n * 1000
-		}
-	}
-	t.Fatalf("no usage_usec in cpu.stat of %s", cg)
-	return 0
+	return keyedUint(t, cgroupFile("cpu", cg, "cpu.stat"), "usage_usec") * 1000
 }
 
 // kernelOOMKills is the count of OOM kills in the cgroup as the kernel
@@ -64,20 +50,27 @@ func kernelOOMKills(t testing.TB, cg string) uint64 {
 	if cgroupV2Host() {
 		file = "memory.events"
 	}
-	b, err := os.ReadFile(cgroupFile("memory", cg, file))
+	return keyedUint(t, cgroupFile("memory", cg, file), "oom_kill")
+}
+
+// keyedUint is the value of the "key value" line of a cgroup file such as
+// cpu.stat or memory.events.
+func keyedUint(t testing.TB, path, key string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "oom_kill "); ok {
+		if v, ok := strings.CutPrefix(l, key+" "); ok {
 			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("%s: %s: %v", path, key, err)
 			}
 			return n
 		}
 	}
-	t.Fatalf("no oom_kill in %s of %s", file, cg)
+	t.Fatalf("no %s in %s", key, path)
 	return 0
 }
 
