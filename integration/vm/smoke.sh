@@ -25,6 +25,13 @@ CNI=$REPO/bin/cni
 for f in "$PEAPOD" "$CRICTL" "$CNI/bridge"; do
 	[ -x "$f" ] || { echo "SKIP: $f not built (make build tools)"; exit 77; }
 done
+# VM only: on a cgroup v1 host (this project's own), /sys/fs/cgroup is a
+# tmpfs, and the mkdir and echo below would leave plain files in it that
+# confuse every cgroup library on the host.
+if [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
+	echo "FAIL: smoke.sh runs inside the cgroup v2 VM (make vm-test), not on this host: /sys/fs/cgroup is not cgroup2"
+	exit 1
+fi
 
 BASE=$(mktemp -d /tmp/peapod-smoke.XXXXXX)
 SOCK=$BASE/peapod.sock
