@@ -44,17 +44,8 @@ func makeBenchFS(cl *cleanups) (*benchFS, error) {
 		return nil, err
 	}
 	fs := &benchFS{dir: filepath.Join(top, "mnt"), image: filepath.Join(top, "ext4.img")}
-	cl.add("remove the bench's file system "+top, func() error {
-		// The loop device goes with the mount (mount -o loop sets
-		// autoclear).
-		if err := unmountUnder(fs.dir); err != nil {
-			return err
-		}
-		if left, err := mountPointsUnder(top); err != nil || len(left) > 0 {
-			return fmt.Errorf("kept %s: still mounted beneath it: %v %v", top, left, err)
-		}
-		return os.RemoveAll(top)
-	})
+	// The loop device goes with the mount (mount -o loop sets autoclear).
+	cl.add("remove the bench's file system "+top, func() error { return removeUnmounted(top) })
 	if err := os.Mkdir(fs.dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -82,17 +73,10 @@ func makeBenchFS(cl *cleanups) (*benchFS, error) {
 	return fs, nil
 }
 
-// leaks finds what a run's file system could leave: its directory, a
-// mount, the loop device bound to its image.
+// leaks finds what a run's file system could leave: what baseLeaks finds
+// for its directory, and the loop device bound to its image.
 func (fs *benchFS) leaks() []string {
-	var left []string
-	top := filepath.Dir(fs.dir)
-	if _, err := os.Stat(top); err == nil {
-		left = append(left, "directory "+top)
-	}
-	if mps, _ := mountPointsUnder(top); len(mps) > 0 {
-		left = append(left, fmt.Sprintf("%d mounts under %s", len(mps), top))
-	}
+	left := baseLeaks(filepath.Dir(fs.dir))()
 	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, f := range files {
 		if b, err := os.ReadFile(f); err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), fs.image) {

@@ -166,6 +166,19 @@ func isZombie(pid int) bool {
 	return i > 0 && len(b) > i+2 && b[i+2] == 'Z'
 }
 
+// removeUnmounted detaches every mount point under dir, then removes dir,
+// unless something stays mounted there: RemoveAll crosses mount points,
+// and must never get into a bind mount.
+func removeUnmounted(dir string) error {
+	if err := unmountUnder(dir); err != nil {
+		return err
+	}
+	if left, err := mountPointsUnder(dir); err != nil || len(left) > 0 {
+		return fmt.Errorf("kept %s: still mounted beneath it: %v %v", dir, left, err)
+	}
+	return os.RemoveAll(dir)
+}
+
 // unmountUnder detaches every mount point under dir, deepest first: pinned
 // namespaces, pod /dev/shm, overlay rootfs, network namespaces.
 func unmountUnder(dir string) error {

@@ -205,16 +205,7 @@ func runBench(ctx context.Context, env *benchEnv, opts options, cl *cleanups) (*
 		return rep, err
 	}
 	env.base = base
-	cl.add("remove "+base, func() error {
-		// RemoveAll crosses mount points: never let it into a bind mount.
-		if err := unmountUnder(base); err != nil {
-			return err
-		}
-		if left, err := mountPointsUnder(base); err != nil || len(left) > 0 {
-			return fmt.Errorf("kept %s: still mounted beneath it: %v %v", base, left, err)
-		}
-		return os.RemoveAll(base)
-	})
+	cl.add("remove "+base, func() error { return removeUnmounted(base) })
 	env.leaks.add(baseLeaks(base))
 	cl.add("restore net.ipv4.ip_forward", sysctlRestorer("/proc/sys/net/ipv4/ip_forward"))
 	namer := &podNamer{runID: fmt.Sprintf("b%x", time.Now().UnixNano()&0xffffffff), logDir: filepath.Join(base, "pod-logs")}
