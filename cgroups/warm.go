@@ -135,17 +135,19 @@ func warmFor(d time.Duration) {
 func warmLoop() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	f, id, err := warmWriter()
-	if err != nil {
+	giveUp := func() {
 		warmOff.Store(true)
 		warmBusy.Store(false)
+	}
+	f, id, err := warmWriter()
+	if err != nil {
+		giveUp()
 		return
 	}
 	defer f.Close()
 	for {
 		if _, err := f.WriteString(id); err != nil {
-			warmOff.Store(true)
-			warmBusy.Store(false)
+			giveUp()
 			return
 		}
 		warmWrites.Add(1)
@@ -188,19 +190,6 @@ func warmWriter() (*os.File, string, error) {
 		return nil, "", err
 	}
 	return f, strconv.Itoa(id), nil
-}
-
-// warmOnce is one warming write from the calling goroutine.
-func warmOnce() error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	f, id, err := warmWriter()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = f.WriteString(id)
-	return err
 }
 
 // WarmExecAttach warms the lock for an exec into a container, for

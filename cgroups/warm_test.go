@@ -74,6 +74,20 @@ func TestWarmAttachMovesNothing(t *testing.T) {
 	}
 }
 
+// warmOnce is one warming write from the calling goroutine, as the loop
+// makes them.
+func warmOnce() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	f, id, err := warmWriter()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.WriteString(id)
+	return err
+}
+
 // shortWarmWindow sets warmPodWindow for one test.
 func shortWarmWindow(t *testing.T, d time.Duration) time.Duration {
 	t.Helper()

@@ -392,12 +392,13 @@ func TestStatsOOMKillsAreCounted(t *testing.T) {
 	// may kill twice (a second allocation can fail before the first
 	// victim's memory is back), so the count must be the kernel's own
 	// for the survivor's cgroup, read after the metric (it only grows).
-	kernel := kernelOOMKills(t, d.containerCgroup(t, pod, survivor))
+	survivorCg := d.containerCgroup(t, pod, survivor)
+	kernel := kernelOOMKills(t, survivorCg)
 	if oom.Value.Value < 1 || oom.Value.Value > kernel {
 		t.Errorf("survivor: container_oom_events_total %d; the kernel counted %d OOM kills in its cgroup", oom.Value.Value, kernel)
 	}
-	if m, _ := d.metric(t, pod, "survivor", "container_oom_events_total"); m == nil || m.Value.Value != kernelOOMKills(t, d.containerCgroup(t, pod, survivor)) {
-		t.Errorf("survivor: container_oom_events_total %v differs from the kernel's count %d", m, kernel)
+	if m, _ := d.metric(t, pod, "survivor", "container_oom_events_total"); m == nil || m.Value.Value != kernelOOMKills(t, survivorCg) {
+		t.Errorf("survivor: container_oom_events_total %v differs from the kernel's count %d", m, kernelOOMKills(t, survivorCg))
 	}
 	if st := d.containerStatus(t, survivor); st.State != runtime.ContainerState_CONTAINER_RUNNING {
 		t.Errorf("survivor is %v", st.State)
