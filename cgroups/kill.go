@@ -134,3 +134,39 @@ func thaw(dir string) {
 		return nil
 	})
 }
+
+// KillContainer kills whatever still runs in container id's cgroup and
+// removes the cgroup, in every hierarchy the pod uses: the work of a
+// container's shim (through libcontainer's destroy), for a container whose
+// shim is gone. A cgroup that is already gone is fine.
+func (p PodCgroup) KillContainer(id string) error {
+	if p.PodPath == "" {
+		return nil
+	}
+	if err := p.check(); err != nil {
+		return err
+	}
+	if id == "" || strings.ContainsAny(id, "/.") {
+		return fmt.Errorf("kill container cgroup: bad container id %q", id)
+	}
+	roots, err := hierarchyRoots(p.Mode)
+	if err != nil {
+		return err
+	}
+	roots = usableRoots(roots, p.PodPath)
+	cgPath := p.ContainerPath(id)
+	if p.Driver != DriverSystemd {
+		return removeTree(p.Mode, roots, cgPath)
+	}
+	if err := killCgroup(p.Mode, roots, cgPath, killBound); err != nil {
+		return err
+	}
+	m, err := systemdScopeManager(p.Mode, p.Slice, id)
+	if err != nil {
+		return err
+	}
+	if err := m.Destroy(); err != nil {
+		return fmt.Errorf("stop scope %s: %w", scopeUnit(id), err)
+	}
+	return nil
+}

@@ -6,9 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"peapod/internal/procfs"
 )
 
 // These tests run on the host's real cgroup layout: v1 hybrid on the
@@ -291,5 +294,57 @@ func TestCheckFindsNothingWrongOnThisHost(t *testing.T) {
 	requireRoot(t)
 	if lines := Check(); len(lines) != 0 {
 		t.Errorf("Check() = %q", lines)
+	}
+}
+
+// A container whose shim is gone is killed and its cgroup removed by
+// KillContainer; the pause and the pod's other containers are untouched.
+func TestKillContainerTakesOnlyThatContainer(t *testing.T) {
+	requireRoot(t)
+	mnts := mountedHierarchies(t)
+	p := newTestPodCgroup(t, mnts)
+	pause := startSleeper(t, nil)
+	if err := p.AddPause(pause.cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	victimID, otherID := newSandboxID(), newSandboxID()
+	victim, other := p.ContainerPath(victimID), p.ContainerPath(otherID)
+	mkdirEverywhere(t, mnts, victim)
+	mkdirEverywhere(t, mnts, other)
+	s := startSleeper(t, nil)
+	for _, mnt := range mnts {
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} { // v1 cpuset: empty until set
+			if b, err := os.ReadFile(filepath.Join(mnt, p.PodPath, f)); err == nil {
+				if err := os.WriteFile(filepath.Join(mnt, victim, f), b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := os.WriteFile(filepath.Join(mnt, victim, "cgroup.procs"), []byte(strconv.Itoa(s.cmd.Process.Pid)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if err := p.KillContainer(victimID); err != nil {
+		t.Fatal(err)
+	}
+	s.assertKilled(t)
+	assertDirs(t, mnts, victim, false)
+	assertDirs(t, mnts, other, true)
+	if !procfs.Running(pause.cmd.Process.Pid) {
+		t.Error("the pause died with the container")
+	}
+	if err := p.KillContainer(victimID); err != nil {
+		t.Errorf("KillContainer of a gone cgroup: %v", err)
+	}
+	for _, bad := range []string{"", "..", "a/b"} {
+		if err := p.KillContainer(bad); err == nil {
+			t.Errorf("KillContainer(%q) succeeded", bad)
+		}
+	}
+	assertDirs(t, mnts, p.PodPath, true)
+	removeAllCgroups(t, mnts, other)
+	if err := p.Remove(); err != nil {
+		t.Fatal(err)
 	}
 }

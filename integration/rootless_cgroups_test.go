@@ -121,6 +121,20 @@ func TestRootlessWithoutCgroupDelegation(t *testing.T) {
 	if st.ExitCode != 143 && st.ExitCode != 137 {
 		t.Errorf("stopped container exit %d", st.ExitCode)
 	}
+
+	// Its shim killed: with no cgroup to kill it through, the container's
+	// init is found by the pid and start time libcontainer recorded.
+	orphan := d.createContainer(t, pod, cfg, busyboxContainer("orphan", "sleep", "3601"))
+	d.startContainer(t, orphan)
+	_, v := d.status(t, pod)
+	killShim(t, v.RuntimeDir)
+	if st := d.waitExited(t, orphan, 10*time.Second); st.ExitCode != 137 {
+		t.Errorf("container of a killed shim: exit %d, want 137", st.ExitCode)
+	}
+	if pids := processesWithArgs("sleep", "3601"); len(pids) > 0 {
+		t.Errorf("the init of a killed shim's container still runs: %v", pids)
+	}
+
 	assertNothingRunsAsRoot(t, d)
 	d.stopRemove(t, pod)
 	assertNoLeaks(t, before, d.snapshot(t))

@@ -75,8 +75,9 @@ func TestSystemdDriverRefusedWithoutSystemd(t *testing.T) {
 }
 
 type sdVerbose struct {
-	PID    int `json:"pid"`
-	Cgroup *struct {
+	PID        int    `json:"pid"`
+	RuntimeDir string `json:"runtimeDir"`
+	Cgroup     *struct {
 		PodPath    string `json:"podPath"`
 		PausePath  string `json:"pausePath"`
 		Driver     string `json:"driver"`
@@ -296,7 +297,8 @@ func TestSystemdDriverPodsAndContainers(t *testing.T) {
 	}
 
 	// A pod that names no parent (crictl): a slice of peapod's own.
-	pod2 := d.runPod(t, podConfig("sd-default"))
+	cfg2 := podConfig("sd-default")
+	pod2 := d.runPod(t, cfg2)
 	v = sdStatus(t, d, pod2)
 	if !v.Cgroup.CreatedPod || !strings.HasSuffix(v.Cgroup.Slice, "-"+pod2+".slice") || !strings.HasPrefix(v.Cgroup.PodPath, "/peapod.slice/") {
 		t.Errorf("default pod record %+v", *v.Cgroup)
@@ -305,6 +307,17 @@ func TestSystemdDriverPodsAndContainers(t *testing.T) {
 	if p := systemctlShow(t, v.Cgroup.Slice, "ActiveState"); p["ActiveState"] != "active" {
 		t.Errorf("default pod slice: %v", p)
 	}
+
+	// Its shim killed: the container is reported killed and its scope,
+	// which the shim would have stopped, is stopped.
+	orphan := d.createContainer(t, pod2, cfg2, busyboxContainer("orphan", "sleep", "3600"))
+	d.startContainer(t, orphan)
+	killShim(t, v.RuntimeDir)
+	if st := d.waitExited(t, orphan, 10*time.Second); st.ExitCode != 137 {
+		t.Errorf("container of a killed shim: exit %d, want 137", st.ExitCode)
+	}
+	waitInactive(t, "peapod-"+orphan+".scope")
+
 	d.stopRemove(t, pod2)
 	waitInactive(t, v.Cgroup.Slice)
 	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", v.Cgroup.PodPath)); err == nil {

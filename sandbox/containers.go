@@ -136,12 +136,13 @@ func (m *Manager) shimFor(ctx context.Context, sb *Sandbox, start bool) (*shim.C
 		return c, nil
 	}
 	dir := filepath.Join(sb.Dir, "shim")
-	if c, err := shim.Connect(ctx, dir); err == nil {
+	c, err := shim.Connect(ctx, dir)
+	if err == nil {
 		t.shims[sb.ID] = c
 		return c, nil
 	}
 	if !start {
-		return nil, fmt.Errorf("shim of sandbox %s is not running", sb.ID)
+		return nil, fmt.Errorf("shim of sandbox %s is not running: %w", sb.ID, err)
 	}
 	if m.cfg.Images == nil {
 		return nil, ErrNoContainerRTS
@@ -150,7 +151,7 @@ func (m *Manager) shimFor(ctx context.Context, sb *Sandbox, start bool) (*shim.C
 	if sb.Cgroup != nil {
 		podCg = sb.Cgroup.PodPath
 	}
-	c, err := shim.Start(ctx, shim.StartOptions{Binary: m.cfg.ShimBinary, Dir: dir, PodCgroup: podCg})
+	c, err = shim.Start(ctx, shim.StartOptions{Binary: m.cfg.ShimBinary, Dir: dir, PodCgroup: podCg})
 	if err != nil {
 		return nil, fmt.Errorf("start the pod's shim: %w", err)
 	}
@@ -276,7 +277,17 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 		return "", err
 	}
 	st.mark("shim")
-	if err := client.CreateContainer(ctx, spec); err != nil {
+	err = client.CreateContainer(ctx, spec)
+	if shim.Gone(err) {
+		// The pod's shim died since it was last used (the request never
+		// reached it): start another.
+		m.forgetShim(sb.ID, err)
+		if client, err = m.shimFor(ctx, sb, true); err != nil {
+			return "", err
+		}
+		err = client.CreateContainer(ctx, spec)
+	}
+	if err != nil {
 		_ = client.Delete(context.WithoutCancel(ctx), cid)
 		if errors.Is(err, shim.ErrInvalid) {
 			return "", fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -355,10 +366,15 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: container %s is %s, not created", ErrInvalid, c.ID, c.State)
 	}
 	client, err := m.shimFor(ctx, sb, false)
-	if err != nil {
-		return err
+	if err == nil {
+		err = client.StartContainer(ctx, c.ID)
 	}
-	if err := client.StartContainer(ctx, c.ID); err != nil {
+	if orphaned(err) {
+		m.forgetShim(sb.ID, err)
+		m.settleOrphanLocked(ce, sb)
+		return fmt.Errorf("start container %s: the pod's shim is gone: %w", c.ID, err)
+	}
+	if err != nil {
 		return fmt.Errorf("start container %s: %w", c.ID, err)
 	}
 	m.watchExit(sb, c.ID)
@@ -429,23 +445,19 @@ func (m *Manager) stopContainerLocked(ctx context.Context, ce *centry, sb *Sandb
 		return nil
 	}
 	client, err := m.shimFor(ctx, sb, false)
-	if err != nil {
-		// No shim: nothing of the container can be running.
-		c.State, c.Reason = ContainerExited, "Unknown"
-		if c.FinishedAt.IsZero() {
-			c.FinishedAt = time.Now()
-		}
-		_ = m.saveContainer(c)
-		m.publishContainer(ce, c)
+	var st shim.ContainerState
+	if err == nil {
+		st, err = client.Stop(ctx, c.ID, timeout)
+	}
+	if orphaned(err) {
+		m.forgetShim(sb.ID, err)
+		m.settleOrphanLocked(ce, sb)
 		return nil
 	}
-	st, err := client.Stop(ctx, c.ID, timeout)
-	if err != nil && !errors.Is(err, shim.ErrNotFound) {
+	if err != nil {
 		return fmt.Errorf("stop container %s: %w", c.ID, err)
 	}
-	if err == nil {
-		applyShimState(c, st)
-	}
+	applyShimState(c, st)
 	if c.State != ContainerExited {
 		c.State = ContainerExited
 		c.FinishedAt = time.Now()
@@ -474,10 +486,18 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 
 func (m *Manager) removeContainerLocked(ctx context.Context, ce *centry, c *Container, sb *Sandbox) error {
 	if sb != nil {
-		if client, err := m.shimFor(ctx, sb, false); err == nil {
-			if err := client.Delete(ctx, c.ID); err != nil && !errors.Is(err, shim.ErrNotFound) {
-				return fmt.Errorf("remove container %s: %w", c.ID, err)
-			}
+		client, err := m.shimFor(ctx, sb, false)
+		if err == nil {
+			err = client.Delete(ctx, c.ID)
+		}
+		if orphaned(err) {
+			// Nobody destroyed the container: kill what is left of it
+			// and remove its cgroup before its rootfs goes.
+			m.forgetShim(sb.ID, err)
+			m.settleOrphanLocked(ce, sb)
+			m.killOrphanRest(sb, c.ID)
+		} else if err != nil {
+			return fmt.Errorf("remove container %s: %w", c.ID, err)
 		}
 	}
 	if m.cfg.Images == nil {
@@ -500,17 +520,24 @@ func (m *Manager) ContainerStatus(ctx context.Context, id string) (*Container, e
 		return nil, err
 	}
 	if sb != nil && (c.State == ContainerCreated || c.State == ContainerRunning) {
-		if client, err := m.shimFor(ctx, sb, false); err == nil {
-			if st, err := client.State(ctx, c.ID); err == nil {
-				prev := c.State
-				applyShimState(c, st)
-				if c.State != prev {
-					ce.op.Lock()
-					_ = m.saveContainer(c)
-					m.publishContainer(ce, c)
-					ce.op.Unlock()
-				}
+		client, err := m.shimFor(ctx, sb, false)
+		var st shim.ContainerState
+		if err == nil {
+			st, err = client.State(ctx, c.ID)
+		}
+		switch {
+		case err == nil:
+			prev := c.State
+			applyShimState(c, st)
+			if c.State != prev {
+				ce.op.Lock()
+				_ = m.saveContainer(c)
+				m.publishContainer(ce, c)
+				ce.op.Unlock()
 			}
+		case orphaned(err):
+			m.forgetShim(sb.ID, err)
+			return m.settleOrphan(ce, sb), nil
 		}
 	}
 	return c, nil

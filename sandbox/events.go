@@ -2,8 +2,11 @@ package sandbox
 
 import (
 	"context"
+	"path/filepath"
 	"sync"
 	"time"
+
+	"peapod/shim"
 )
 
 // EventType is a lifecycle step of a container or a sandbox, as CRI's
@@ -109,10 +112,23 @@ func (m *Manager) watchExit(sb *Sandbox, id string) {
 	ctx := m.background()
 	go func() {
 		client, err := m.shimFor(ctx, sb, false)
-		if err != nil {
+		var st shim.ContainerState
+		if err == nil {
+			st, err = client.Wait(ctx, id)
+		}
+		if err != nil && ctx.Err() == nil {
+			// The shim died under the wait, or was gone already.
+			gone := shim.Gone(err) || !orphaned(err) && shimGone(ctx, filepath.Join(sb.Dir, "shim"))
+			if gone {
+				m.dropShimClient(sb.ID)
+			}
+			if gone || orphaned(err) {
+				if ce, lerr := m.lookupContainer(id); lerr == nil {
+					m.settleOrphan(ce, sb)
+				}
+			}
 			return
 		}
-		st, err := client.Wait(ctx, id)
 		if err != nil {
 			return
 		}

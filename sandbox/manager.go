@@ -122,6 +122,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		m.bgCancel()
 		return nil, err
 	}
+	m.settleOrphansAtStart(ctx)
 	m.watchRunningContainers()
 	go m.retryLoop()
 	return m, nil

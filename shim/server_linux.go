@@ -82,7 +82,7 @@ func serve(opts ServeOptions) error {
 
 	s := &server{
 		dir:        opts.Dir,
-		runcRoot:   filepath.Join(opts.Dir, "runc"),
+		runcRoot:   filepath.Join(opts.Dir, runcDirName),
 		podCgroup:  opts.PodCgroup,
 		log:        slog.New(slog.NewTextHandler(os.Stderr, nil)).With("shim", opts.Dir),
 		containers: map[string]*container{},

@@ -36,7 +36,7 @@ INTEGRATION=0
 # the real daemon (pods, containers in scopes, limits as unit properties),
 # UpdatePodSandboxResources, and CPU / memory stats and OOM kills read from
 # cgroup v2.
-INTEGRATION_SUBSET='^(TestSystemd|TestUpdatePodSandboxResources($|StoppedPod$)|TestStatsCPUBurnFollowsTheWallClock$|TestStatsMemoryWorkingSetGrowsBy64MiB$|TestStatsOOMKillsAreCounted$)'
+INTEGRATION_SUBSET='^(TestSystemd|TestUpdatePodSandboxResources($|StoppedPod$)|TestStatsCPUBurnFollowsTheWallClock$|TestStatsMemoryWorkingSetGrowsBy64MiB$|TestStatsOOMKillsAreCounted$|TestContainersOfADeadShimAreSettled$)'
 if [ "$INTEGRATION" = 1 ]; then TIMEOUT=${VM_TIMEOUT:-3600}; else TIMEOUT=${VM_TIMEOUT:-1200}; fi
 MEM=${VM_MEM:-2048}
 GOCACHE_DIR=$CACHE/gocache

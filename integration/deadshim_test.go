@@ -1,0 +1,175 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// A pod's shim holds its containers' output and records their exits. When
+// it dies (kill -9 here; a crash or the OOM killer on a node), its
+// containers must not stay CREATED or RUNNING for ever: the daemon reports
+// them exited, kills what is left of them and removes their cgroups, and
+// the pod takes new containers through a new shim.
+func TestContainersOfADeadShimAreSettled(t *testing.T) {
+	d, _, _ := containerDaemon(t)
+	before := d.snapshot(t)
+	cfg := podConfig("deadshim")
+	logDir := t.TempDir()
+	cfg.LogDirectory = logDir
+	pod := d.runPod(t, cfg)
+	_, v := d.status(t, pod)
+
+	// With the daemon up: a running and a created container.
+	run := d.createContainer(t, pod, cfg, busyboxContainer("runner", "sleep", "3600"))
+	d.startContainer(t, run)
+	idle := d.createContainer(t, pod, cfg, busyboxContainer("idle", "sleep", "1000"))
+	runPid, idlePid := containerPid(t, d, run), containerPid(t, d, idle)
+	es := d.subscribeEvents(t)
+	killShim(t, v.RuntimeDir)
+	// The exit watcher notices at once: no status call is needed first.
+	es.expect(run, runtime.ContainerEventType_CONTAINER_STOPPED_EVENT, 10*time.Second)
+	st := d.containerStatus(t, run)
+	if st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 137 || st.Reason != "Error" || !strings.Contains(st.Message, "shim") {
+		t.Errorf("running container of a killed shim: %v exit %d reason %q message %q, want EXITED 137 Error", st.State, st.ExitCode, st.Reason, st.Message)
+	}
+	if st := d.containerStatus(t, idle); st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 137 {
+		t.Errorf("created container of a killed shim: %v exit %d, want EXITED 137", st.State, st.ExitCode)
+	}
+	for name, pid := range map[string]int{"runner": runPid, "idle": idlePid} {
+		if processRuns(pid) {
+			t.Errorf("%s's init %d still runs after its shim died", name, pid)
+		}
+	}
+	for _, id := range []string{run, idle} {
+		if dirs := containerCgroupDirs(v.Cgroup.PodPath, id); len(dirs) > 0 {
+			t.Errorf("container cgroup left after its shim died: %v", dirs)
+		}
+	}
+
+	// The pod still takes containers: a new shim runs them.
+	again := d.createContainer(t, pod, cfg, busyboxContainer("again", "sh", "-c", "echo again; exit 3"))
+	d.startContainer(t, again)
+	if st := d.waitExited(t, again, 10*time.Second); st.ExitCode != 3 {
+		t.Errorf("container of the new shim: exit %d, want 3", st.ExitCode)
+	}
+	if b, _ := os.ReadFile(filepath.Join(logDir, "again.log")); !bytes.Contains(b, []byte(" stdout F again")) {
+		t.Errorf("container of the new shim logged %q", b)
+	}
+
+	// With the daemon down as well: the shim records one exit, then dies
+	// with two containers still running. One of them writes to its stdout,
+	// whose reader was the shim: it dies of SIGPIPE before the daemon is
+	// back, and nobody can tell how it ended.
+	run2 := d.createContainer(t, pod, cfg, busyboxContainer("runner2", "sleep", "3600"))
+	d.startContainer(t, run2)
+	talk := d.createContainer(t, pod, cfg, busyboxContainer("talker", "sh", "-c", "while true; do echo tick; sleep 0.05; done"))
+	d.startContainer(t, talk)
+	quit := d.createContainer(t, pod, cfg, busyboxContainer("quitter", "sh", "-c", "sleep 1; exit 42"))
+	d.startContainer(t, quit)
+	run2Pid, talkPid := containerPid(t, d, run2), containerPid(t, d, talk)
+	d.kill9()
+	killedAt := time.Now()
+	time.Sleep(2 * time.Second)
+	killShim(t, v.RuntimeDir)
+	for deadline := time.Now().Add(5 * time.Second); processRuns(talkPid); {
+		if time.Now().After(deadline) {
+			t.Fatalf("talker %d still runs after its shim (its stdout's reader) died", talkPid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.start()
+	st = d.containerStatus(t, quit)
+	if st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 42 || time.Unix(0, st.FinishedAt).Before(killedAt) {
+		t.Errorf("quitter: %v exit %d finished %v, want EXITED 42 after %v (the shim's record)", st.State, st.ExitCode, time.Unix(0, st.FinishedAt), killedAt)
+	}
+	st = d.containerStatus(t, run2)
+	if st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 137 {
+		t.Errorf("runner2 after the restart: %v exit %d, want EXITED 137", st.State, st.ExitCode)
+	}
+	st = d.containerStatus(t, talk)
+	if st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 255 || st.Reason != "Unknown" {
+		t.Errorf("talker after the restart: %v exit %d reason %q, want EXITED 255 Unknown", st.State, st.ExitCode, st.Reason)
+	}
+	if processRuns(run2Pid) {
+		t.Errorf("runner2's init %d still runs after the restart", run2Pid)
+	}
+	for _, id := range []string{run2, talk} {
+		if dirs := containerCgroupDirs(v.Cgroup.PodPath, id); len(dirs) > 0 {
+			t.Errorf("container cgroup left after the restart: %v", dirs)
+		}
+	}
+
+	d.stopRemove(t, pod)
+	assertNoLeaks(t, before, d.snapshot(t))
+}
+
+// killShim SIGKILLs the shim serving the sandbox dir and waits until it is
+// gone.
+func killShim(t testing.TB, sandboxDir string) {
+	t.Helper()
+	want := "\x00--dir\x00" + filepath.Join(sandboxDir, "shim") + "\x00"
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	pid := 0
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte(want)) {
+			pid, _ = strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			break
+		}
+	}
+	if pid == 0 {
+		t.Fatalf("no shim process serves %s", sandboxDir)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); processRuns(pid); {
+		if time.Now().After(deadline) {
+			t.Fatalf("shim %d still runs after SIGKILL", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// processRuns: pid exists and is not a zombie.
+func processRuns(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
+}
+
+// containerCgroupDirs lists the cgroup dirs of container id of a pod, in
+// every hierarchy (cgroupfs driver).
+func containerCgroupDirs(podPath, id string) []string {
+	var out []string
+	for _, pat := range []string{"/sys/fs/cgroup/*", "/sys/fs/cgroup"} {
+		m, _ := filepath.Glob(filepath.Join(pat, podPath, id))
+		out = append(out, m...)
+	}
+	return out
+}
+
+// processesWithArgs lists the pids whose command line is exactly args.
+func processesWithArgs(args ...string) []int {
+	want := []byte(strings.Join(args, "\x00") + "\x00")
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var out []int
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && bytes.Equal(b, want) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			out = append(out, pid)
+		}
+	}
+	return out
+}
