@@ -11,6 +11,8 @@ import (
 	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"peapod/internal/procfs"
 )
 
 // A pod's shim holds its containers' output and records their exits. When
@@ -44,7 +46,7 @@ func TestContainersOfADeadShimAreSettled(t *testing.T) {
 		t.Errorf("created container of a killed shim: %v exit %d, want EXITED 137", st.State, st.ExitCode)
 	}
 	for name, pid := range map[string]int{"runner": runPid, "idle": idlePid} {
-		if processRuns(pid) {
+		if procfs.Running(pid) {
 			t.Errorf("%s's init %d still runs after its shim died", name, pid)
 		}
 	}
@@ -79,7 +81,7 @@ func TestContainersOfADeadShimAreSettled(t *testing.T) {
 	killedAt := time.Now()
 	time.Sleep(2 * time.Second)
 	killShim(t, v.RuntimeDir)
-	for deadline := time.Now().Add(5 * time.Second); processRuns(talkPid); {
+	for deadline := time.Now().Add(5 * time.Second); procfs.Running(talkPid); {
 		if time.Now().After(deadline) {
 			t.Fatalf("talker %d still runs after its shim (its stdout's reader) died", talkPid)
 		}
@@ -98,7 +100,7 @@ func TestContainersOfADeadShimAreSettled(t *testing.T) {
 	if st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 255 || st.Reason != "Unknown" {
 		t.Errorf("talker after the restart: %v exit %d reason %q, want EXITED 255 Unknown", st.State, st.ExitCode, st.Reason)
 	}
-	if processRuns(run2Pid) {
+	if procfs.Running(run2Pid) {
 		t.Errorf("runner2's init %d still runs after the restart", run2Pid)
 	}
 	for _, id := range []string{run2, talk} {
@@ -131,22 +133,12 @@ func killShim(t testing.TB, sandboxDir string) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); processRuns(pid); {
+	for deadline := time.Now().Add(5 * time.Second); procfs.Running(pid); {
 		if time.Now().After(deadline) {
 			t.Fatalf("shim %d still runs after SIGKILL", pid)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// processRuns: pid exists and is not a zombie.
-func processRuns(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
 }
 
 // containerCgroupDirs lists the cgroup dirs of container id of a pod, in
