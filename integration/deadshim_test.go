@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"peapod/internal/procfs"
@@ -107,6 +109,18 @@ func TestContainersOfADeadShimAreSettled(t *testing.T) {
 		if dirs := containerCgroupDirs(v.Cgroup.PodPath, id); len(dirs) > 0 {
 			t.Errorf("container cgroup left after the restart: %v", dirs)
 		}
+	}
+
+	// An exec into a created container whose new shim died in turn: a
+	// clear "not running", and the container is settled on the way.
+	late := d.createContainer(t, pod, cfg, busyboxContainer("late", "sleep", "1000"))
+	killShim(t, v.RuntimeDir)
+	_, err := d.RT.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: late, Cmd: []string{"true"}, Timeout: 5})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "shim is gone") {
+		t.Errorf("ExecSync into a container of a dead shim: %v, want FailedPrecondition naming the shim", err)
+	}
+	if st := d.containerStatus(t, late); st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 137 {
+		t.Errorf("created container after a failed exec: %v exit %d, want EXITED 137", st.State, st.ExitCode)
 	}
 
 	d.stopRemove(t, pod)

@@ -605,6 +605,11 @@ func (m *Manager) Exec(ctx context.Context, id string, spec shim.ExecSpec) (int,
 	}
 	cgroups.WarmExecAttach()
 	code, err := client.Exec(ctx, c.ID, spec)
+	if orphaned(err) {
+		m.forgetShim(sb.ID, err)
+		m.settleOrphan(ce, sb)
+		return 0, fmt.Errorf("%w: %s: the pod's shim is gone", ErrNotRunning, c.ID)
+	}
 	if errors.Is(err, shim.ErrNotRunning) {
 		return 0, fmt.Errorf("%w: %s", ErrNotRunning, c.ID)
 	}
@@ -623,6 +628,11 @@ func (m *Manager) Attach(ctx context.Context, id string, spec shim.AttachSpec) e
 	}
 	spec.CloseStdin = c.Config.StdinOnce
 	_, err = client.Attach(ctx, c.ID, spec)
+	if orphaned(err) {
+		m.forgetShim(sb.ID, err)
+		m.settleOrphan(ce, sb)
+		return fmt.Errorf("%w: %s: the pod's shim is gone", ErrNotRunning, c.ID)
+	}
 	return err
 }
 
