@@ -58,7 +58,8 @@ func NewServer(m *sandbox.Manager, network *netns.Network, images *image.Store, 
 
 // Serve listens on the unix socket path until Stop. A stale socket file
 // from a killed daemon is replaced.
-func (s *Server) Serve(socket string) error {
+// ready, if not nil, is called once the socket accepts connections.
+func (s *Server) Serve(socket string, ready func()) error {
 	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
 		return fmt.Errorf("socket dir: %w", err)
 	}
@@ -72,6 +73,9 @@ func (s *Server) Serve(socket string) error {
 	if err := os.Chmod(socket, 0o660); err != nil {
 		l.Close()
 		return err
+	}
+	if ready != nil {
+		ready()
 	}
 	return s.grpc.Serve(l)
 }

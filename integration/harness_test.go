@@ -67,6 +67,7 @@ type daemon struct {
 	Bridge  string
 	Subnet  string
 	Extra   []string
+	Env     []string // added to the daemon's environment
 	// user is set for a rootless instance (withRootless); exe is the
 	// binary to run, base the instance's private dir.
 	user    *rootlessUser
@@ -83,6 +84,7 @@ type daemonOpt func(*daemon)
 func withConfDir(dir string) daemonOpt  { return func(d *daemon) { d.ConfDir = dir } }
 func withBinDirs(dirs string) daemonOpt { return func(d *daemon) { d.BinDirs = dirs } }
 func withArgs(a ...string) daemonOpt    { return func(d *daemon) { d.Extra = append(d.Extra, a...) } }
+func withEnv(kv ...string) daemonOpt    { return func(d *daemon) { d.Env = append(d.Env, kv...) } }
 
 // startDaemon starts a private instance with its own bridge (ppt<N>) and
 // subnet (10.99.<N>.0/24) and stops it, and everything it made, at cleanup.
@@ -169,6 +171,12 @@ func (d *daemon) start() {
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if d.user != nil {
 		d.user.asUser(d.cmd)
+	}
+	if len(d.Env) > 0 {
+		if d.cmd.Env == nil {
+			d.cmd.Env = os.Environ()
+		}
+		d.cmd.Env = append(d.cmd.Env, d.Env...)
 	}
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

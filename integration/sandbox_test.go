@@ -763,3 +763,54 @@ func TestFailedCNIDelIsRetriedAndNeverBlocksRemoval(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// Under a systemd unit of Type=notify (contrib/peapod-root.service),
+// systemd starts what is ordered after peapod, a kubelet, once peapod says
+// READY=1: it must say so, with its CRI socket answering by then, and say
+// STOPPING=1 when it shuts down.
+func TestServeTellsSystemdWhenReadyAndStopping(t *testing.T) {
+	addr := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msgs := make(chan string, 8)
+	go func() {
+		b := make([]byte, 256)
+		for {
+			n, err := conn.Read(b)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(b[:n])
+		}
+	}()
+	next := func(want string) {
+		t.Helper()
+		select {
+		case got := <-msgs:
+			if got != want {
+				t.Fatalf("notification %q, want %q", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %s notification", want)
+		}
+	}
+
+	d := startDaemon(t, withEnv("NOTIFY_SOCKET="+addr))
+	next("READY=1")
+	if _, err := d.RT.Version(ctxT(t), &runtime.VersionRequest{}); err != nil {
+		t.Fatalf("Version after READY=1: %v", err)
+	}
+	d.stop()
+	next("STOPPING=1")
+	select {
+	case m, ok := <-msgs:
+		if ok {
+			t.Errorf("unexpected notification after STOPPING=1: %q", m)
+		}
+	case <-time.After(200 * time.Millisecond):
+	}
+}

@@ -118,13 +118,20 @@ func newLogger(level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
 
-// installPause writes the embedded pause binary under the state dir, named
-// by its content hash so an upgrade never runs a stale one.
-func installPause(stateDir string) (string, error) {
+// programDir is where the daemon writes the programs it carries (pause,
+// shim, helper): <state>/bin, or <root>/bin when the state dir's file system
+// is mounted noexec, as systemd mounts /run.
+func programDir(cfg *config) (string, error) {
+	return binfile.Dir(filepath.Join(cfg.State, "bin"), filepath.Join(cfg.Root, "bin"))
+}
+
+// installPause writes the embedded pause binary to dir, named by its
+// content hash so an upgrade never runs a stale one.
+func installPause(dir string) (string, error) {
 	if len(embedded.Binary) == 0 {
 		return "", fmt.Errorf("this peapod was built without its pause binary; build with `make build`")
 	}
-	return binfile.Install(filepath.Join(stateDir, "bin"), "pause", func() (io.ReadCloser, error) {
+	return binfile.Install(dir, "pause", func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(embedded.Binary)), nil
 	})
 }
@@ -153,7 +160,11 @@ func serveRootlessParent(cfg *config, args []string, log *slog.Logger) error {
 	if err := rootless.EnsureOwnDir(cfg.State, uid); err != nil {
 		return err
 	}
-	pause, err := installPause(cfg.State)
+	progDir, err := programDir(cfg)
+	if err != nil {
+		return err
+	}
+	pause, err := installPause(progDir)
 	if err != nil {
 		return fmt.Errorf("install pause: %w", err)
 	}
@@ -238,7 +249,11 @@ func serve(args []string) error {
 	if cfg.RegistryConfigDir == "" {
 		cfg.RegistryConfigDir = defaultRegistryConfigDir
 	}
-	pause, err := installPause(cfg.State)
+	progDir, err := programDir(cfg)
+	if err != nil {
+		return err
+	}
+	pause, err := installPause(progDir)
 	if err != nil {
 		return fmt.Errorf("install pause: %w", err)
 	}
@@ -259,7 +274,7 @@ func serve(args []string) error {
 	}
 	// Pods' shims run the lean peapod-shim when this peapod carries one,
 	// else `peapod shim` of this binary.
-	shimBin, err := shimembed.Install(cfg.State)
+	shimBin, err := shimembed.Install(progDir)
 	if errors.Is(err, shimembed.ErrNone) {
 		log.Info("no lean shim binary embedded; pods' shims run as `peapod shim`")
 		shimBin = exe
@@ -346,10 +361,17 @@ func serve(args []string) error {
 		case <-parentGone:
 			log.Warn("the rootless parent is gone; shutting down, pods keep running")
 		}
+		if err := sdNotify("STOPPING=1"); err != nil {
+			log.Warn("tell the service manager peapod is stopping", "err", err)
+		}
 		srv.Stop()
 	}()
-	log.Info("peapod serving CRI", "socket", cfg.Socket, "root", cfg.Root, "state", cfg.State, "version", version, "network", network.Describe())
-	err = srv.Serve(cfg.Socket)
+	err = srv.Serve(cfg.Socket, func() {
+		log.Info("peapod serving CRI", "socket", cfg.Socket, "root", cfg.Root, "state", cfg.State, "version", version, "network", network.Describe())
+		if err := sdNotify("READY=1"); err != nil {
+			log.Warn("tell the service manager peapod is ready", "err", err)
+		}
+	})
 	mgr.Close()
 	// The parent removes the namespaces of an instance with no pods; if
 	// it was killed, that is left to us.

@@ -27,6 +27,7 @@
 # Exit 0 pass, 1 fail, 77 skipped (binaries or slirp4netns missing).
 set -u
 : "${REPO:?REPO not set}"
+. "$REPO/integration/vm/lib.sh"
 U=peapod-test
 for f in "$REPO/bin/peapod" "$REPO/bin/tools/crictl" "$REPO/bin/cni/bridge"; do
 	[ -x "$f" ] || { echo "SKIP: $f not built (make build tools)"; exit 77; }
@@ -91,21 +92,7 @@ cp "$REPO/bin/peapod" "$REPO/bin/tools/crictl" "$OPT/bin/" && cp "$REPO"/bin/cni
 chmod -R a+rX "$OPT"
 rm -rf "$WORK" && install -d -o "$U" -g "$U" "$WORK" || exit 1
 
-make_image() { # FILE: docker-save archive of the VM's static busybox
-	local d=$WORK/img bb diff a
-	bb=$(command -v busybox) || return 1
-	mkdir -p "$d/rootfs/bin" "$d/rootfs/etc" "$d/rootfs/tmp" "$d/rootfs/proc" "$d/rootfs/sys" "$d/rootfs/dev" || return 1
-	cp "$bb" "$d/rootfs/bin/busybox" || return 1
-	for a in sh sleep cat echo head dd seq kill true; do ln -s busybox "$d/rootfs/bin/$a"; done
-	echo 'root:x:0:0:root:/root:/bin/sh' >"$d/rootfs/etc/passwd"
-	echo 'root:x:0:' >"$d/rootfs/etc/group"
-	tar -C "$d/rootfs" -cf "$d/layer.tar" . || return 1
-	diff=$(sha256sum "$d/layer.tar" | cut -d' ' -f1)
-	printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}\n' "$diff" >"$d/config.json"
-	echo '[{"Config":"config.json","RepoTags":["example.test/rootless:1"],"Layers":["layer.tar"]}]' >"$d/manifest.json"
-	tar -C "$d" -cf "$1" manifest.json config.json layer.tar && chmod a+r "$1"
-}
-make_image "$WORK/image.tar" || { fail "make the busybox image"; finish; }
+make_image "$WORK/image.tar" example.test/rootless:1 "$WORK/img" || { fail "make the busybox image"; finish; }
 
 pod_json() { # name uid file
 	cat >"$3" <<EOF

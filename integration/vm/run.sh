@@ -20,7 +20,7 @@
 # VM_TEST_FLAGS (extra flags for every test binary, e.g. -test.run=X),
 # VM_FLAGS_<name> (extra flags for <name>.test only; VM_FLAGS_netns defaults
 # to -test.short, VM_FLAGS_integration skips the TCG-bound tests),
-# VM_SKIP_SMOKE=1, VM_SKIP_ROOTLESS=1 (rootless-v2.sh),
+# VM_SKIP_SMOKE=1, VM_SKIP_UNIT=1 (system-unit.sh), VM_SKIP_ROOTLESS=1 (rootless-v2.sh),
 # VM_MEM (2048), VM_VERBOSE=1 (show the whole serial console live).
 set -euo pipefail
 
@@ -79,6 +79,7 @@ mkdir -p "$RESULTS" "$GOCACHE_DIR"
 	printf 'VM_TIMEOUT_integration=%q\n' "${VM_TIMEOUT_integration:-$((TIMEOUT - 300))}"
 	printf 'VM_SKIP_SMOKE=%q\n' "${VM_SKIP_SMOKE:-0}"
 	printf 'VM_SKIP_ROOTLESS=%q\n' "${VM_SKIP_ROOTLESS:-0}"
+	printf 'VM_SKIP_UNIT=%q\n' "${VM_SKIP_UNIT:-0}"
 	printf 'VM_GUEST_TIMEOUT=%q\n' "$((TIMEOUT > 120 ? TIMEOUT - 60 : TIMEOUT))"
 } >"$RESULTS/run.env"
 

@@ -19,6 +19,7 @@
 # Exit 0 pass, 1 fail, 77 skipped (binaries not built).
 set -u
 : "${REPO:?REPO not set}"
+. "$REPO/integration/vm/lib.sh"
 PEAPOD=$REPO/bin/peapod
 CRICTL=$REPO/bin/tools/crictl
 CNI=$REPO/bin/cni
@@ -175,24 +176,6 @@ rmdir "/sys/fs/cgroup$KPARENT" "/sys/fs/cgroup/kubepods-vm/besteffort" "/sys/fs/
 
 # ---- the systemd cgroup driver ----
 
-# make_image FILE: a docker-save archive of this machine's static busybox,
-# tagged example.test/smoke:1 (no registry needed).
-make_image() {
-	local d=$BASE/img bb diff
-	bb=$(command -v busybox) || return 1
-	rm -rf "$d" && mkdir -p "$d/rootfs/bin" "$d/rootfs/etc" "$d/rootfs/tmp" "$d/rootfs/proc" "$d/rootfs/sys" "$d/rootfs/dev" || return 1
-	cp "$bb" "$d/rootfs/bin/busybox" || return 1
-	for a in sh sleep cat echo head; do ln -s busybox "$d/rootfs/bin/$a"; done
-	echo 'root:x:0:0:root:/root:/bin/sh' >"$d/rootfs/etc/passwd"
-	echo 'root:x:0:' >"$d/rootfs/etc/group"
-	tar -C "$d/rootfs" -cf "$d/layer.tar" . || return 1
-	diff=$(sha256sum "$d/layer.tar" | cut -d' ' -f1)
-	printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}\n' "$diff" >"$d/config.json"
-	echo '[{"Config":"config.json","RepoTags":["example.test/smoke:1"],"Layers":["layer.tar"]}]' >"$d/manifest.json"
-	tar -C "$d" -cf "$1" manifest.json config.json layer.tar
-}
-
-unit_prop() { systemctl show -p "$2" --value "$1" 2>/dev/null; }
 wait_inactive() { # unit
 	for _ in $(seq 100); do
 		[ "$(unit_prop "$1" ActiveState)" = active ] || return 0
@@ -301,7 +284,7 @@ fi
 stop_daemon
 SDROOT=$BASE/root-sd
 step "systemd driver: import the smoke image"
-if make_image "$BASE/smoke-image.tar" && "$PEAPOD" image import "$BASE/smoke-image.tar" --root "$SDROOT"; then
+if make_image "$BASE/smoke-image.tar" example.test/smoke:1 "$BASE/img" && "$PEAPOD" image import "$BASE/smoke-image.tar" --root "$SDROOT"; then
 	ok "image example.test/smoke:1 imported"
 else
 	fail "build or import the smoke image"

@@ -2,7 +2,7 @@
 # The suite, run INSIDE the VM by guest/peapod-vm-entry (cwd: the results
 # share). Runs every precompiled test binary in $REPO/bin/vm/*.test from its
 # package directory (as `go test` would), then the crictl smoke test of the
-# real bin/peapod, and writes:
+# real bin/peapod, the root system unit and the rootless user unit, and writes:
 #
 #   facts.txt        kernel, cgroup layout, delegation: what the suite ran on
 #   <name>.log       full output of each binary / of the smoke test
@@ -113,6 +113,20 @@ if [ "${VM_SKIP_SMOKE:-0}" != 1 ]; then
 	0) record PASS smoke "$secs" "peapod + crictl on cgroup v2: pods (cgroupfs); pods + containers (systemd driver)" ;;
 	77) record SKIP smoke "$secs" "$(tail -1 "$RES/smoke.log")" ;;
 	*) record FAIL smoke "$secs" "exit $rc: $(grep '^FAIL' "$RES/smoke.log" | head -1)" ;;
+	esac
+fi
+
+# The root system unit (contrib/peapod-root.service) under the VM's systemd.
+if [ "${VM_SKIP_UNIT:-0}" != 1 ]; then
+	say "RUN system-unit"
+	t0=$(date +%s)
+	bash "$REPO/integration/vm/system-unit.sh" >"$RES/system-unit.log" 2>&1
+	rc=$?
+	secs=$(($(date +%s) - t0))
+	case $rc in
+	0) record PASS system-unit "$secs" "contrib/peapod-root.service: ready on start (Type=notify), OOMScoreAdjust -999 for daemon and shim, a pod survives restart and kill -9" ;;
+	77) record SKIP system-unit "$secs" "$(tail -1 "$RES/system-unit.log")" ;;
+	*) record FAIL system-unit "$secs" "exit $rc: $(grep '^FAIL' "$RES/system-unit.log" | head -1)" ;;
 	esac
 fi
 

@@ -1,6 +1,7 @@
 // Package binfile installs the executables peapod carries (the pause, the
-// shim) under a state dir, named by their content hash: an upgrade never
-// runs a stale one, and running processes keep theirs.
+// shim) in a directory they can run from (Dir), named by their content
+// hash: an upgrade never runs a stale one, and running processes keep
+// theirs.
 package binfile
 
 import (
@@ -10,6 +11,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Install writes the content that open returns to dir/<name>-<hash> with
@@ -54,4 +58,29 @@ func Install(dir, name string, open func() (io.ReadCloser, error)) (string, erro
 		return "", err
 	}
 	return dst, os.Rename(tmp.Name(), dst)
+}
+
+// Dir returns the first of dirs, made if need be, whose file system lets
+// programs run from it: one not mounted noexec. systemd mounts /run, where
+// the state dir lives by default, noexec; so may an operator /tmp or
+// /var. The error names each dir and why it was passed over.
+func Dir(dirs ...string) (string, error) {
+	var why []string
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			why = append(why, err.Error())
+			continue
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(d, &st); err != nil {
+			why = append(why, fmt.Sprintf("statfs %s: %v", d, err))
+			continue
+		}
+		if st.Flags&unix.ST_NOEXEC != 0 {
+			why = append(why, d+" is on a file system mounted noexec")
+			continue
+		}
+		return d, nil
+	}
+	return "", fmt.Errorf("no directory where peapod's own programs (pause, shim) could run: %s; give --state or --root on a file system mounted without noexec", strings.Join(why, "; "))
 }

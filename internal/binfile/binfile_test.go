@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestInstallOnceByHash(t *testing.T) {
@@ -39,5 +42,42 @@ func TestInstallOnceByHash(t *testing.T) {
 	ents, _ := os.ReadDir(dir)
 	if len(ents) != 2 {
 		t.Errorf("dir holds %d files, want the two installs and no temp file", len(ents))
+	}
+}
+
+// The default state dir is on /run, which systemd mounts noexec: the
+// programs go to the next dir then, and where none is fit, the error says
+// why for each.
+func TestDirPassesOverNoexecFileSystems(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a noexec tmpfs")
+	}
+	noexec := t.TempDir()
+	if err := unix.Mount("tmpfs", noexec, "tmpfs", unix.MS_NOEXEC|unix.MS_NOSUID|unix.MS_NODEV, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(noexec, unix.MNT_DETACH) })
+	ok := filepath.Join(t.TempDir(), "root", "bin")
+
+	got, err := Dir(filepath.Join(noexec, "bin"), ok)
+	if err != nil || got != ok {
+		t.Fatalf("Dir(noexec, exec) = %q, %v; want %q", got, err, ok)
+	}
+	p, err := Install(got, "tool", func() (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader("#!/bin/sh\necho ran\n")), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(p).Output(); err != nil || string(out) != "ran\n" {
+		t.Fatalf("installed program: %q, %v", out, err)
+	}
+
+	if got, err := Dir(ok); err != nil || got != ok {
+		t.Errorf("Dir(exec) = %q, %v", got, err)
+	}
+	_, err = Dir(filepath.Join(noexec, "bin"))
+	if err == nil || !strings.Contains(err.Error(), "noexec") || !strings.Contains(err.Error(), noexec) {
+		t.Errorf("Dir(noexec only) = %v; want an error naming the dir and noexec", err)
 	}
 }

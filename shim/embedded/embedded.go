@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 
 	"peapod/internal/binfile"
 	"peapod/shim"
@@ -30,8 +29,8 @@ import (
 //go:embed bin
 var files embed.FS
 
-// The two programs' names, in bin/ here and (with their hash) in the state
-// dir.
+// The two programs' names, in bin/ here and (with their hash) in the
+// directory Install writes them to.
 const (
 	ShimName   = "peapod-shim"
 	HelperName = "peapod-lc"
@@ -50,7 +49,7 @@ func Binary(name string) []byte {
 // ErrNone says that this peapod carries no shim binaries.
 var ErrNone = errors.New("no shim binaries embedded in this peapod (build them with `make build`)")
 
-// Install writes the embedded shim programs to <stateDir>/bin, each named
+// Install writes the embedded shim programs to dir, each named
 // by its content hash so that an upgrade never runs a stale one and the
 // shims of running pods keep their executables, and returns the resident
 // shim's path. It registers the helper's path with package shim
@@ -58,7 +57,7 @@ var ErrNone = errors.New("no shim binaries embedded in this peapod (build them w
 // the shim. It returns ErrNone when peapod carries neither, and an error
 // when it carries only one (a broken build). It streams from the embedded
 // data: the daemon's heap never holds a copy of a binary.
-func Install(stateDir string) (string, error) {
+func Install(dir string) (string, error) {
 	hasShim, hasHelper := embeddedFile(ShimName), embeddedFile(HelperName)
 	switch {
 	case !hasShim && !hasHelper:
@@ -66,7 +65,6 @@ func Install(stateDir string) (string, error) {
 	case !hasShim || !hasHelper:
 		return "", fmt.Errorf("peapod embeds only one of %s and %s: rebuild it with `make build`", ShimName, HelperName)
 	}
-	dir := filepath.Join(stateDir, "bin")
 	// The helper first: a shim never runs without its helper in place.
 	helper, err := binfile.Install(dir, HelperName, opener(HelperName))
 	if err != nil {

@@ -14,15 +14,15 @@ import (
 // writes each once, named by its hash, returns the resident's path, and
 // both run. Built without them, Install says so and writes nothing.
 func TestInstall(t *testing.T) {
-	state := t.TempDir()
+	dir := filepath.Join(t.TempDir(), "bin")
 	shimBin, helperBin := Binary(ShimName), Binary(HelperName)
-	path, err := Install(state)
+	path, err := Install(dir)
 	if len(shimBin) == 0 && len(helperBin) == 0 {
 		if !errors.Is(err, ErrNone) || path != "" {
 			t.Fatalf("nothing embedded: Install = %q, %v; want ErrNone", path, err)
 		}
-		if _, err := os.Stat(filepath.Join(state, "bin")); !errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("nothing embedded, yet Install made %s/bin (%v)", state, err)
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("nothing embedded, yet Install made %s (%v)", dir, err)
 		}
 		t.Log("no peapod-shim or peapod-lc embedded (plain go test): only the fallback was checked; `make unit` checks the binaries")
 		return
@@ -36,10 +36,10 @@ func TestInstall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if filepath.Dir(path) != filepath.Join(state, "bin") || !strings.HasPrefix(filepath.Base(path), ShimName+"-") {
+	if filepath.Dir(path) != dir || !strings.HasPrefix(filepath.Base(path), ShimName+"-") {
 		t.Fatalf("installed at %s", path)
 	}
-	helpers, _ := filepath.Glob(filepath.Join(state, "bin", HelperName+"-*"))
+	helpers, _ := filepath.Glob(filepath.Join(dir, HelperName+"-*"))
 	if len(helpers) != 1 {
 		t.Fatalf("installed helpers %v, want one", helpers)
 	}
@@ -54,11 +54,11 @@ func TestInstall(t *testing.T) {
 		}
 	}
 	// Again: the same path, no more files and no temporary left.
-	again, err := Install(state)
+	again, err := Install(dir)
 	if err != nil || again != path {
 		t.Fatalf("second Install = %q, %v; want %q", again, err, path)
 	}
-	ents, _ := os.ReadDir(filepath.Join(state, "bin"))
+	ents, _ := os.ReadDir(dir)
 	if len(ents) != 2 {
 		t.Fatalf("bin holds %d entries, want 2", len(ents))
 	}
@@ -70,7 +70,7 @@ func TestInstall(t *testing.T) {
 	}
 	// The resident refuses to serve without its helper: it carries no
 	// libcontainer.
-	if out, err := exec.Command(path, "shim", "--dir", filepath.Join(state, "x")).CombinedOutput(); err == nil || !strings.Contains(string(out), "--lc") {
+	if out, err := exec.Command(path, "shim", "--dir", filepath.Join(filepath.Dir(dir), "x")).CombinedOutput(); err == nil || !strings.Contains(string(out), "--lc") {
 		t.Fatalf("%s shim without --lc: %q, %v; want a refusal naming --lc", path, out, err)
 	}
 }
