@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -813,4 +814,49 @@ func TestServeTellsSystemdWhenReadyAndStopping(t *testing.T) {
 		}
 	case <-time.After(200 * time.Millisecond):
 	}
+}
+
+// The daemon writes its programs (pause, shim, helper) named by their hash;
+// at start it removes those of earlier versions that nothing runs any more,
+// and keeps one a process still runs (a pause or shim of an old pod).
+func TestOldProgramsArePrunedAtStart(t *testing.T) {
+	d := startDaemon(t)
+	pod := d.runPod(t, podConfig("prune"))
+	binDir := filepath.Join(d.State, "bin")
+	current, _ := filepath.Glob(filepath.Join(binDir, "*"))
+	if len(current) == 0 {
+		t.Fatalf("no programs in %s", binDir)
+	}
+	sleep, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldUnused, oldRunning := filepath.Join(binDir, "pause-000000000000"), filepath.Join(binDir, "peapod-shim-000000000000")
+	for _, p := range []string{oldUnused, oldRunning} {
+		if err := os.WriteFile(p, sleep, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := exec.Command(oldRunning, "300")
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = old.Process.Kill(); _ = old.Wait() }()
+
+	d.restart()
+	if _, err := os.Stat(oldUnused); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("unused program of an earlier version kept: %v", err)
+	}
+	if _, err := os.Stat(oldRunning); err != nil {
+		t.Errorf("program a process runs was removed: %v", err)
+	}
+	for _, p := range current {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("this version's %s: %v", filepath.Base(p), err)
+		}
+	}
+	if st, _ := d.status(t, pod); st.State != runtime.PodSandboxState_SANDBOX_READY {
+		t.Errorf("pod after the restart: %v", st.State)
+	}
+	d.stopRemove(t, pod)
 }

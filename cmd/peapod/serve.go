@@ -274,12 +274,18 @@ func serve(args []string) error {
 	}
 	// Pods' shims run the lean peapod-shim when this peapod carries one,
 	// else `peapod shim` of this binary.
-	shimBin, err := shimembed.Install(progDir)
+	shimBin, helperBin, err := shimembed.Install(progDir)
 	if errors.Is(err, shimembed.ErrNone) {
 		log.Info("no lean shim binary embedded; pods' shims run as `peapod shim`")
 		shimBin = exe
 	} else if err != nil {
 		return fmt.Errorf("install the shim binary: %w", err)
+	}
+	// Programs of earlier versions that no pod runs any more.
+	if removed, err := binfile.Prune(progDir, pause, shimBin, helperBin); err != nil {
+		log.Warn("remove programs of earlier versions", "dir", progDir, "err", err)
+	} else if len(removed) > 0 {
+		log.Info("removed programs of earlier versions", "files", removed)
 	}
 	ctx := context.Background()
 	ports := hostPorts(cfg, hostSockets, log)

@@ -7,10 +7,12 @@ package binfile
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -83,4 +85,64 @@ func Dir(dirs ...string) (string, error) {
 		return d, nil
 	}
 	return "", fmt.Errorf("no directory where peapod's own programs (pause, shim) could run: %s; give --state or --root on a file system mounted without noexec", strings.Join(why, "; "))
+}
+
+// Prune removes from dir what an earlier peapod installed there and nothing
+// uses any more: programs of other versions (other hashes) and the
+// temporaries of an Install that was cut short. A file is in use when a
+// process runs it or names it on its command line (a shim names its helper
+// there, to run it later); keep lists this version's programs. Without
+// Prune, <root>/bin would keep every version a node ever ran. It returns the
+// paths it removed.
+func Prune(dir string, keep ...string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var candidates []string
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if e.Type().IsRegular() && !slices.Contains(keep, p) {
+			candidates = append(candidates, p)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, nil
+	}
+	used := inUse(dir)
+	var removed []string
+	var errs []error
+	for _, p := range candidates {
+		if used[p] {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, p)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// inUse lists the files of dir that a process runs or names as an argument.
+func inUse(dir string) map[string]bool {
+	used := map[string]bool{}
+	prefix := dir + "/"
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, proc := range procs {
+		if exe, err := os.Readlink(proc + "/exe"); err == nil && strings.HasPrefix(exe, prefix) {
+			used[strings.TrimSuffix(exe, " (deleted)")] = true
+		}
+		b, err := os.ReadFile(proc + "/cmdline")
+		if err != nil {
+			continue
+		}
+		for _, arg := range strings.Split(string(b), "\x00") {
+			if strings.HasPrefix(arg, prefix) {
+				used[arg] = true
+			}
+		}
+	}
+	return used
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -79,5 +80,62 @@ func TestDirPassesOverNoexecFileSystems(t *testing.T) {
 	_, err = Dir(filepath.Join(noexec, "bin"))
 	if err == nil || !strings.Contains(err.Error(), "noexec") || !strings.Contains(err.Error(), noexec) {
 		t.Errorf("Dir(noexec only) = %v; want an error naming the dir and noexec", err)
+	}
+}
+
+// Prune takes what nothing uses: not this version's programs, not a
+// program a process runs, not one a process names on its command line.
+func TestPruneKeepsWhatIsInUse(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sleep, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, sleep, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	current, running, named, stale, temp := write("pause-aaaa"), write("pause-bbbb"), write("peapod-lc-cccc"), write("peapod-lc-dddd"), write(".pause-1234")
+
+	run := exec.Command(running, "100")
+	name := exec.Command("/bin/sh", "-c", "sleep 100", "shim", "--lc", named)
+	for _, c := range []*exec.Cmd{run, name} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
+	}
+
+	removed, err := Prune(dir, current)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(removed)
+	if want := []string{temp, stale}; !slices.Equal(removed, want) {
+		t.Errorf("Prune removed %v, want %v", removed, want)
+	}
+	for _, p := range []string{current, running, named} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+
+	for _, c := range []*exec.Cmd{run, name} {
+		_ = c.Process.Kill()
+		_ = c.Wait()
+	}
+	removed, err = Prune(dir, current)
+	slices.Sort(removed)
+	if want := []string{running, named}; err != nil || !slices.Equal(removed, want) {
+		t.Errorf("Prune after the processes ended removed %v (%v), want %v", removed, err, want)
+	}
+	if _, err := os.Stat(current); err != nil {
+		t.Errorf("this version's program: %v", err)
 	}
 }

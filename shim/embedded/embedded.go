@@ -52,30 +52,30 @@ var ErrNone = errors.New("no shim binaries embedded in this peapod (build them w
 // Install writes the embedded shim programs to dir, each named
 // by its content hash so that an upgrade never runs a stale one and the
 // shims of running pods keep their executables, and returns the resident
-// shim's path. It registers the helper's path with package shim
+// shim's path and the helper's. It registers the helper's path with package shim
 // (shim.RegisterHelper), so that shim.Start with that Binary passes it to
 // the shim. It returns ErrNone when peapod carries neither, and an error
 // when it carries only one (a broken build). It streams from the embedded
 // data: the daemon's heap never holds a copy of a binary.
-func Install(dir string) (string, error) {
+func Install(dir string) (resident, helper string, err error) {
 	hasShim, hasHelper := embeddedFile(ShimName), embeddedFile(HelperName)
 	switch {
 	case !hasShim && !hasHelper:
-		return "", ErrNone
+		return "", "", ErrNone
 	case !hasShim || !hasHelper:
-		return "", fmt.Errorf("peapod embeds only one of %s and %s: rebuild it with `make build`", ShimName, HelperName)
+		return "", "", fmt.Errorf("peapod embeds only one of %s and %s: rebuild it with `make build`", ShimName, HelperName)
 	}
 	// The helper first: a shim never runs without its helper in place.
-	helper, err := binfile.Install(dir, HelperName, opener(HelperName))
+	helper, err = binfile.Install(dir, HelperName, opener(HelperName))
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	resident, err := binfile.Install(dir, ShimName, opener(ShimName))
+	resident, err = binfile.Install(dir, ShimName, opener(ShimName))
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	shim.RegisterHelper(resident, helper)
-	return resident, nil
+	return resident, helper, nil
 }
 
 // embeddedFile reports whether bin/name is embedded and not empty.

@@ -16,7 +16,7 @@ import (
 func TestInstall(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "bin")
 	shimBin, helperBin := Binary(ShimName), Binary(HelperName)
-	path, err := Install(dir)
+	path, helper, err := Install(dir)
 	if len(shimBin) == 0 && len(helperBin) == 0 {
 		if !errors.Is(err, ErrNone) || path != "" {
 			t.Fatalf("nothing embedded: Install = %q, %v; want ErrNone", path, err)
@@ -40,8 +40,8 @@ func TestInstall(t *testing.T) {
 		t.Fatalf("installed at %s", path)
 	}
 	helpers, _ := filepath.Glob(filepath.Join(dir, HelperName+"-*"))
-	if len(helpers) != 1 {
-		t.Fatalf("installed helpers %v, want one", helpers)
+	if len(helpers) != 1 || helpers[0] != helper {
+		t.Fatalf("installed helpers %v, want one, %s", helpers, helper)
 	}
 	for p, want := range map[string][]byte{path: shimBin, helpers[0]: helperBin} {
 		got, err := os.ReadFile(p)
@@ -54,8 +54,8 @@ func TestInstall(t *testing.T) {
 		}
 	}
 	// Again: the same path, no more files and no temporary left.
-	again, err := Install(dir)
-	if err != nil || again != path {
+	again, againHelper, err := Install(dir)
+	if err != nil || again != path || againHelper != helper {
 		t.Fatalf("second Install = %q, %v; want %q", again, err, path)
 	}
 	ents, _ := os.ReadDir(dir)
