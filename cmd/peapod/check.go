@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 
 	"peapod/cgroups"
+	"peapod/internal/binfile"
 	"peapod/netns"
 	"peapod/pause/embedded"
 	"peapod/rootless"
@@ -36,6 +38,15 @@ func check(args []string) error {
 	}
 	if len(embedded.Binary) == 0 {
 		problems = append(problems, "this peapod was built without the pause binary: rebuild with `make build`")
+	}
+	// Where serve will write its programs (programDir).
+	stateBin, rootBin := filepath.Join(cfg.State, "bin"), filepath.Join(cfg.Root, "bin")
+	if err := binfile.Runnable(stateBin); err != nil {
+		if rerr := binfile.Runnable(rootBin); rerr != nil {
+			problems = append(problems, fmt.Sprintf("peapod's programs (pause, shim) cannot run from either place: %v; %v: give --state or --root on a file system mounted without noexec", err, rerr))
+		} else {
+			notes = append(notes, fmt.Sprintf("%v: peapod runs its programs (pause, shim) from %s instead", err, rootBin))
+		}
 	}
 	if !rootlessUser {
 		// Rootless, the delegated subtree is checked instead.

@@ -73,18 +73,35 @@ func Dir(dirs ...string) (string, error) {
 			why = append(why, err.Error())
 			continue
 		}
-		var st unix.Statfs_t
-		if err := unix.Statfs(d, &st); err != nil {
-			why = append(why, fmt.Sprintf("statfs %s: %v", d, err))
-			continue
-		}
-		if st.Flags&unix.ST_NOEXEC != 0 {
-			why = append(why, d+" is on a file system mounted noexec")
+		if err := Runnable(d); err != nil {
+			why = append(why, err.Error())
 			continue
 		}
 		return d, nil
 	}
 	return "", fmt.Errorf("no directory where peapod's own programs (pause, shim) could run: %s; give --state or --root on a file system mounted without noexec", strings.Join(why, "; "))
+}
+
+// Runnable says why programs in dir could not run (its file system is
+// mounted noexec), or nil. A dir that does not exist yet is judged by its
+// nearest existing parent, where it would be made; Runnable makes nothing.
+func Runnable(dir string) error {
+	d := dir
+	for {
+		var st unix.Statfs_t
+		err := unix.Statfs(d, &st)
+		if errors.Is(err, unix.ENOENT) && d != filepath.Dir(d) {
+			d = filepath.Dir(d)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("statfs %s: %w", d, err)
+		}
+		if st.Flags&unix.ST_NOEXEC != 0 {
+			return fmt.Errorf("%s is on a file system mounted noexec", dir)
+		}
+		return nil
+	}
 }
 
 // Prune removes from dir what an earlier peapod installed there and nothing

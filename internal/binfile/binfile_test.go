@@ -2,6 +2,7 @@ package binfile
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -77,6 +78,18 @@ func TestDirPassesOverNoexecFileSystems(t *testing.T) {
 	if got, err := Dir(ok); err != nil || got != ok {
 		t.Errorf("Dir(exec) = %q, %v", got, err)
 	}
+	// Runnable judges a dir not made yet by where it would be made, and
+	// makes nothing.
+	notYet := filepath.Join(noexec, "state", "bin")
+	if err := Runnable(notYet); err == nil || !strings.Contains(err.Error(), "noexec") {
+		t.Errorf("Runnable(%s) = %v; want noexec", notYet, err)
+	}
+	if _, err := os.Stat(filepath.Join(noexec, "state")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Runnable made %s (%v)", filepath.Join(noexec, "state"), err)
+	}
+	if err := Runnable(filepath.Join(filepath.Dir(ok), "not", "yet")); err != nil {
+		t.Errorf("Runnable of a dir to be made on an exec file system: %v", err)
+	}
 	_, err = Dir(filepath.Join(noexec, "bin"))
 	if err == nil || !strings.Contains(err.Error(), "noexec") || !strings.Contains(err.Error(), noexec) {
 		t.Errorf("Dir(noexec only) = %v; want an error naming the dir and noexec", err)
@@ -104,7 +117,10 @@ func TestPruneKeepsWhatIsInUse(t *testing.T) {
 	current, running, named, stale, temp := write("pause-aaaa"), write("pause-bbbb"), write("peapod-lc-cccc"), write("peapod-lc-dddd"), write(".pause-1234")
 
 	run := exec.Command(running, "100")
-	name := exec.Command("/bin/sh", "-c", "sleep 100", "shim", "--lc", named)
+	// A process that names the file among its arguments (argv[0] here;
+	// a shim names its helper further on) without running it.
+	name := exec.Command("/bin/sleep", "100")
+	name.Args[0] = named
 	for _, c := range []*exec.Cmd{run, name} {
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
