@@ -15,6 +15,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"peapod/internal/procfs"
+	"peapod/shim"
 )
 
 // A pod's shim holds its containers' output and records their exits. When
@@ -123,6 +124,31 @@ func TestContainersOfADeadShimAreSettled(t *testing.T) {
 		t.Errorf("created container after a failed exec: %v exit %d, want EXITED 137", st.State, st.ExitCode)
 	}
 
+	// Log reopening and resource updates of a running container whose
+	// shim just died: "not running", and the limits are recorded as for
+	// any exited container.
+	for _, call := range []string{"ReopenContainerLog", "UpdateContainerResources"} {
+		id := d.createContainer(t, pod, cfg, busyboxContainer(strings.ToLower(call), "sleep", "1000"))
+		d.startContainer(t, id)
+		killShim(t, v.RuntimeDir)
+		var err error
+		if call == "ReopenContainerLog" {
+			_, err = d.RT.ReopenContainerLog(ctxT(t), &runtime.ReopenContainerLogRequest{ContainerId: id})
+			if status.Code(err) != codes.FailedPrecondition {
+				t.Errorf("%s on a container of a dead shim: %v, want FailedPrecondition", call, err)
+			}
+		} else {
+			_, err = d.RT.UpdateContainerResources(ctxT(t), &runtime.UpdateContainerResourcesRequest{ContainerId: id,
+				Linux: &runtime.LinuxContainerResources{MemoryLimitInBytes: 64 << 20}})
+			if err != nil {
+				t.Errorf("%s on a container of a dead shim: %v", call, err)
+			}
+		}
+		if st := d.containerStatus(t, id); st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 137 {
+			t.Errorf("after %s: %v exit %d, want EXITED 137", call, st.State, st.ExitCode)
+		}
+	}
+
 	d.stopRemove(t, pod)
 	assertNoLeaks(t, before, d.snapshot(t))
 }
@@ -147,9 +173,15 @@ func killShim(t testing.TB, sandboxDir string) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); procfs.Running(pid); {
+	// Gone once its socket refuses: a killed multi-threaded process shows
+	// as a zombie before all its threads, and so its files, are gone.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		_, err := shim.Connect(ctxT(t), filepath.Join(sandboxDir, "shim"))
+		if !procfs.Running(pid) && shim.Gone(err) {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("shim %d still runs after SIGKILL", pid)
+			t.Fatalf("shim %d still there after SIGKILL: running %v, connect: %v", pid, procfs.Running(pid), err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

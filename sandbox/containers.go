@@ -281,7 +281,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 	if shim.Gone(err) {
 		// The pod's shim died since it was last used (the request never
 		// reached it): start another.
-		m.forgetShim(sb.ID, err)
+		m.dropShimClient(sb.ID)
 		if client, err = m.shimFor(ctx, sb, true); err != nil {
 			return "", err
 		}
@@ -369,8 +369,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	if err == nil {
 		err = client.StartContainer(ctx, c.ID)
 	}
-	if orphaned(err) {
-		m.forgetShim(sb.ID, err)
+	if m.shimLost(ctx, sb, err) {
 		m.settleOrphanLocked(ce, sb)
 		return fmt.Errorf("start container %s: the pod's shim is gone: %w", c.ID, err)
 	}
@@ -449,8 +448,7 @@ func (m *Manager) stopContainerLocked(ctx context.Context, ce *centry, sb *Sandb
 	if err == nil {
 		st, err = client.Stop(ctx, c.ID, timeout)
 	}
-	if orphaned(err) {
-		m.forgetShim(sb.ID, err)
+	if m.shimLost(ctx, sb, err) {
 		m.settleOrphanLocked(ce, sb)
 		return nil
 	}
@@ -490,10 +488,9 @@ func (m *Manager) removeContainerLocked(ctx context.Context, ce *centry, c *Cont
 		if err == nil {
 			err = client.Delete(ctx, c.ID)
 		}
-		if orphaned(err) {
+		if m.shimLost(ctx, sb, err) {
 			// Nobody destroyed the container: kill what is left of it
 			// and remove its cgroup before its rootfs goes.
-			m.forgetShim(sb.ID, err)
 			m.settleOrphanLocked(ce, sb)
 			m.killOrphanRest(sb, c.ID)
 		} else if err != nil {
@@ -535,8 +532,7 @@ func (m *Manager) ContainerStatus(ctx context.Context, id string) (*Container, e
 				m.publishContainer(ce, c)
 				ce.op.Unlock()
 			}
-		case orphaned(err):
-			m.forgetShim(sb.ID, err)
+		case m.shimLost(ctx, sb, err):
 			return m.settleOrphan(ce, sb), nil
 		}
 	}
@@ -605,8 +601,7 @@ func (m *Manager) Exec(ctx context.Context, id string, spec shim.ExecSpec) (int,
 	}
 	cgroups.WarmExecAttach()
 	code, err := client.Exec(ctx, c.ID, spec)
-	if orphaned(err) {
-		m.forgetShim(sb.ID, err)
+	if m.shimLost(ctx, sb, err) {
 		m.settleOrphan(ce, sb)
 		return 0, fmt.Errorf("%w: %s: the pod's shim is gone", ErrNotRunning, c.ID)
 	}
@@ -628,8 +623,7 @@ func (m *Manager) Attach(ctx context.Context, id string, spec shim.AttachSpec) e
 	}
 	spec.CloseStdin = c.Config.StdinOnce
 	_, err = client.Attach(ctx, c.ID, spec)
-	if orphaned(err) {
-		m.forgetShim(sb.ID, err)
+	if m.shimLost(ctx, sb, err) {
 		m.settleOrphan(ce, sb)
 		return fmt.Errorf("%w: %s: the pod's shim is gone", ErrNotRunning, c.ID)
 	}
@@ -646,10 +640,14 @@ func (m *Manager) ReopenContainerLog(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: %s", ErrNotRunning, c.ID)
 	}
 	client, err := m.shimFor(ctx, sb, false)
-	if err != nil {
-		return err
+	if err == nil {
+		err = client.ReopenLog(ctx, c.ID)
 	}
-	return client.ReopenLog(ctx, c.ID)
+	if m.shimLost(ctx, sb, err) {
+		m.settleOrphan(ce, sb)
+		return fmt.Errorf("%w: %s: the pod's shim is gone", ErrNotRunning, c.ID)
+	}
+	return err
 }
 
 // UpdateContainerResources applies new limits to a live container.
@@ -662,10 +660,14 @@ func (m *Manager) UpdateContainerResources(ctx context.Context, id string, r *sp
 	defer ce.op.Unlock()
 	if c.State == ContainerRunning || c.State == ContainerCreated {
 		client, err := m.shimFor(ctx, sb, false)
-		if err != nil {
-			return err
+		if err == nil {
+			err = client.UpdateResources(ctx, c.ID, r)
 		}
-		if err := client.UpdateResources(ctx, c.ID, r); err != nil {
+		switch {
+		case m.shimLost(ctx, sb, err):
+			// Nothing left to limit: recorded, as for an exited container.
+			m.settleOrphanLocked(ce, sb)
+		case err != nil:
 			return fmt.Errorf("update resources of %s: %w", c.ID, err)
 		}
 	}

@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -118,11 +117,7 @@ func (m *Manager) watchExit(sb *Sandbox, id string) {
 		}
 		if err != nil && ctx.Err() == nil {
 			// The shim died under the wait, or was gone already.
-			gone := shim.Gone(err) || !orphaned(err) && shimGone(ctx, filepath.Join(sb.Dir, "shim"))
-			if gone {
-				m.dropShimClient(sb.ID)
-			}
-			if gone || orphaned(err) {
+			if m.shimLost(ctx, sb, err) {
 				if ce, lerr := m.lookupContainer(id); lerr == nil {
 					m.settleOrphan(ce, sb)
 				}

@@ -3,7 +3,9 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"io"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"peapod/shim"
@@ -34,6 +36,13 @@ func orphaned(err error) bool {
 	return shim.Gone(err) || errors.Is(err, shim.ErrNotFound)
 }
 
+// connBroken reports whether err says a call's connection broke midway:
+// what a call sees when the shim dies under it.
+func connBroken(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
 // shimGone asks whether the shim in dir is gone, after a call to it failed
 // midway: the shim's connections and its listening socket close one after
 // the other as it dies, so a "maybe" is asked again, three times at most.
@@ -53,13 +62,21 @@ func shimGone(ctx context.Context, dir string) bool {
 	}
 }
 
-// forgetShim drops the cached client of a pod's shim when err says the
-// shim is gone, so that the next CreateContainer starts a new shim.
-func (m *Manager) forgetShim(sandboxID string, err error) {
-	if !shim.Gone(err) {
-		return
+// shimLost reports whether err, from a call to sb's shim (or from finding
+// it), means that the shim can no longer know the container: the shim is
+// gone (the call never reached it, or its connection broke and the shim
+// turns out to be gone), or a shim started since answers that it does not
+// know it. A gone shim's cached client is dropped, so that the next
+// CreateContainer starts a new shim.
+func (m *Manager) shimLost(ctx context.Context, sb *Sandbox, err error) bool {
+	if err == nil {
+		return false
 	}
-	m.dropShimClient(sandboxID)
+	if shim.Gone(err) || connBroken(err) && shimGone(ctx, filepath.Join(sb.Dir, "shim")) {
+		m.dropShimClient(sb.ID)
+		return true
+	}
+	return errors.Is(err, shim.ErrNotFound)
 }
 
 func (m *Manager) dropShimClient(sandboxID string) {

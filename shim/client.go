@@ -500,7 +500,7 @@ func (c *Client) connErr(ctx context.Context, err error) error {
 		return ctx.Err()
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return fmt.Errorf("shim %s: connection closed", c.dir)
+		return fmt.Errorf("shim %s: connection closed: %w", c.dir, err)
 	}
 	return fmt.Errorf("shim %s: %w", c.dir, err)
 }

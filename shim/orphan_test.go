@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -36,6 +37,27 @@ func TestGoneTellsANoShimFromOtherErrors(t *testing.T) {
 		if Gone(err) {
 			t.Errorf("Gone(%v) = true", err)
 		}
+	}
+
+	// A shim that dies under a call: the call reached it, so it is not
+	// Gone, and the broken connection shows (io.EOF, EPIPE or ECONNRESET,
+	// depending on when it broke) for the caller to ask again (sandbox's
+	// shimLost).
+	dying := t.TempDir()
+	l2, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dying, socketName), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	go func() {
+		if c, err := l2.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	_, err = Connect(ctx, dying)
+	broken := errors.Is(err, io.EOF) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+	if err == nil || Gone(err) || !broken {
+		t.Errorf("Connect to a shim that closes the connection: %v (Gone %v, broken %v)", err, Gone(err), broken)
 	}
 }
 
