@@ -1,5 +1,15 @@
 # Shell helpers the VM's scripts share (sourced, inside the VM).
 
+# Checks print "== what" for a step, "ok: what" or "FAIL: what"; failures
+# counts the FAILs for the script's verdict.
+failures=0
+step() { echo "== $*"; }
+ok() { echo "ok: $*"; }
+fail() {
+	echo "FAIL: $*"
+	failures=$((failures + 1))
+}
+
 # make_image FILE TAG DIR: a docker-save archive of the VM's static busybox
 # tagged TAG, built in DIR (no registry needed; `peapod image import FILE`).
 make_image() {

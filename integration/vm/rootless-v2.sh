@@ -45,15 +45,8 @@ UNIT=peapod-vmtest.service
 OPT=/opt/peapod-vm
 WORK=$UHOME/vmtest
 CG=
-failures=0
 export CRI_CONFIG_FILE=/dev/null
 
-step() { echo "== $*"; }
-ok() { echo "ok: $*"; }
-fail() {
-	echo "FAIL: $*"
-	failures=$((failures + 1))
-}
 crictl() { "$OPT/bin/crictl" --runtime-endpoint "unix://$SOCK" --timeout 120s "$@"; }
 uctl() { systemctl --user -M "$U@.host" "$@"; }
 uprop() { uctl show -p "$2" --value "$1" 2>/dev/null; }

@@ -39,15 +39,8 @@ SOCK=$BASE/peapod.sock
 DAEMON_LOG=$BASE/daemon.log
 export CRI_CONFIG_FILE=/dev/null
 KPARENT=/kubepods-vm/besteffort/podsmoke-uid-2
-failures=0
 DPID=
 
-step() { echo "== $*"; }
-ok() { echo "ok: $*"; }
-fail() {
-	echo "FAIL: $*"
-	failures=$((failures + 1))
-}
 crictl() { "$CRICTL" --runtime-endpoint "unix://$SOCK" --timeout 120s "$@"; }
 
 stop_daemon() {

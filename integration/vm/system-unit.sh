@@ -25,13 +25,6 @@ done
 BASE=$(mktemp -d /tmp/peapod-unit.XXXXXX)
 SOCK=/run/peapod/peapod.sock
 export CRI_CONFIG_FILE=/dev/null
-failures=0
-step() { echo "== $*"; }
-ok() { echo "ok: $*"; }
-fail() {
-	echo "FAIL: $*"
-	failures=$((failures + 1))
-}
 crictl() { "$CRICTL" --runtime-endpoint "unix://$SOCK" --timeout 60s "$@"; }
 finish() {
 	crictl rmp -fa >/dev/null 2>&1
