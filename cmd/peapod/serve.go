@@ -121,8 +121,13 @@ func newLogger(level string) (*slog.Logger, error) {
 // programDir is where the daemon writes the programs it carries (pause,
 // shim, helper): <state>/bin, or <root>/bin when the state dir's file system
 // is mounted noexec, as systemd mounts /run.
-func programDir(cfg *config) (string, error) {
-	return binfile.Dir(filepath.Join(cfg.State, "bin"), filepath.Join(cfg.Root, "bin"))
+func programDir(cfg *config, log *slog.Logger) (string, error) {
+	stateBin := filepath.Join(cfg.State, "bin")
+	dir, err := binfile.Dir(stateBin, filepath.Join(cfg.Root, "bin"))
+	if err == nil && dir != stateBin {
+		log.Info("the state dir's file system is mounted noexec: peapod's programs run from the root dir", "state", cfg.State, "dir", dir)
+	}
+	return dir, err
 }
 
 // installPause writes the embedded pause binary to dir, named by its
@@ -160,7 +165,7 @@ func serveRootlessParent(cfg *config, args []string, log *slog.Logger) error {
 	if err := rootless.EnsureOwnDir(cfg.State, uid); err != nil {
 		return err
 	}
-	progDir, err := programDir(cfg)
+	progDir, err := programDir(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -249,7 +254,7 @@ func serve(args []string) error {
 	if cfg.RegistryConfigDir == "" {
 		cfg.RegistryConfigDir = defaultRegistryConfigDir
 	}
-	progDir, err := programDir(cfg)
+	progDir, err := programDir(cfg, log)
 	if err != nil {
 		return err
 	}
