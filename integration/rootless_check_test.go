@@ -125,6 +125,9 @@ func TestRootlessCheckTestUser(t *testing.T) {
 	}
 
 	problems, notes, ok, exit := runCheck(t, asCheckUser(u, exe))
+	// A journal-less ext4 under the user's dirs (this kind of VM) is the
+	// host's disk, not its cgroups: that note may come.
+	notes = slices.DeleteFunc(notes, func(n string) bool { return strings.Contains(n, "ext4 without a journal") })
 	if len(notes) > 0 {
 		t.Errorf("notes on a v1 host: %q", notes)
 	}

@@ -65,6 +65,7 @@ func check(args []string) error {
 	if os.Geteuid() == 0 {
 		problems = append(problems, netns.CheckShapingSupport()...)
 	}
+	notes = append(notes, journalNotes(cfg.Root, cfg.State)...)
 	for _, n := range notes {
 		fmt.Println("note:", n)
 	}
