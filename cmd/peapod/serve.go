@@ -262,6 +262,9 @@ func serve(args []string) error {
 	if err != nil {
 		return fmt.Errorf("install pause: %w", err)
 	}
+	for _, n := range journalNotes(cfg.Root, cfg.State) {
+		log.Warn(n)
+	}
 	network, err := newNetwork(cfg)
 	if err != nil {
 		return err
