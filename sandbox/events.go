@@ -115,16 +115,13 @@ func (m *Manager) watchExit(sb *Sandbox, id string) {
 		if err == nil {
 			st, err = client.Wait(ctx, id)
 		}
-		if err != nil && ctx.Err() == nil {
+		if err != nil {
 			// The shim died under the wait, or was gone already.
-			if m.shimLost(ctx, sb, err) {
+			if ctx.Err() == nil && m.shimLost(ctx, sb, err) {
 				if ce, lerr := m.lookupContainer(id); lerr == nil {
 					m.settleOrphan(ce, sb)
 				}
 			}
-			return
-		}
-		if err != nil {
 			return
 		}
 		ce, err := m.lookupContainer(id)

@@ -30,12 +30,6 @@ const (
 	orphanUnknownReason = "Unknown"
 )
 
-// orphaned reports whether err, from the pod's shim or from finding it,
-// means the shim cannot know the container any more.
-func orphaned(err error) bool {
-	return shim.Gone(err) || errors.Is(err, shim.ErrNotFound)
-}
-
 // connBroken reports whether err says a call's connection broke midway:
 // what a call sees when the shim dies under it.
 func connBroken(err error) bool {
@@ -103,14 +97,14 @@ func (m *Manager) settleOrphanLocked(ce *centry, sb *Sandbox) *Container {
 	dir := filepath.Join(sb.Dir, "shim")
 	if st, err := shim.ReadState(dir, c.ID); err == nil && st.Status == shim.StatusExited {
 		applyShimState(c, st)
-		m.killOrphanRest(sb, c.ID)
 		m.log.Info("container's shim is gone; it had recorded the exit", "container", c.ID, "exitCode", c.ExitCode)
 	} else {
+		// The init before the cgroup: whether it still ran decides the
+		// exit code.
 		alive, kerr := shim.KillOrphanInit(dir, c.ID)
 		if kerr != nil {
 			m.log.Warn("kill the init of a container whose shim is gone", "container", c.ID, "err", kerr)
 		}
-		m.killOrphanRest(sb, c.ID)
 		c.State, c.Pid, c.FinishedAt = ContainerExited, 0, time.Now()
 		if alive {
 			c.ExitCode, c.Reason, c.Message = orphanKilledCode, "Error", orphanKilledMsg
@@ -119,6 +113,7 @@ func (m *Manager) settleOrphanLocked(ce *centry, sb *Sandbox) *Container {
 		}
 		m.log.Warn("container's shim is gone", "container", c.ID, "initWasRunning", alive, "exitCode", c.ExitCode)
 	}
+	m.killOrphanRest(sb, c.ID)
 	if err := m.saveContainer(c); err != nil {
 		m.log.Warn("record the end of a container whose shim is gone", "container", c.ID, "err", err)
 	}
@@ -156,15 +151,14 @@ func (m *Manager) settleOrphansAtStart(ctx context.Context) {
 		}
 		client, err := m.shimFor(ctx, sb, false)
 		for _, ce := range ces {
-			if err == nil {
-				_, err2 := client.State(ctx, m.copyRec(ce).ID)
-				if !orphaned(err2) {
-					continue
-				}
-			} else if !shim.Gone(err) {
-				continue // the shim is there but did not answer: ask again later
+			cerr := err
+			if cerr == nil {
+				_, cerr = client.State(ctx, m.copyRec(ce).ID)
 			}
-			m.settleOrphan(ce, sb)
+			// A shim that is there but did not answer is asked again later.
+			if m.shimLost(ctx, sb, cerr) {
+				m.settleOrphan(ce, sb)
+			}
 		}
 	}
 }
