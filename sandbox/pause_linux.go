@@ -94,38 +94,16 @@ func stopPause(p *PauseProcess, grace time.Duration) error {
 	if err := unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("signal pause %d: %w", p.PID, err)
 	}
-	if waitPidfd(fd, grace) {
+	if procfs.WaitPidfd(fd, grace) {
 		return nil
 	}
 	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("kill pause %d: %w", p.PID, err)
 	}
-	if !waitPidfd(fd, 5*time.Second) {
+	if !procfs.WaitPidfd(fd, 5*time.Second) {
 		return fmt.Errorf("pause %d did not exit after SIGKILL", p.PID)
 	}
 	return nil
-}
-
-// waitPidfd waits until the process behind fd has exited.
-func waitPidfd(fd int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		ms := int(time.Until(deadline).Milliseconds())
-		if ms < 0 {
-			ms = 0
-		}
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, ms)
-		if err == nil && n > 0 {
-			return true
-		}
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
 }
 
 // watchPause calls onExit once the recorded pause process exits. It parks a

@@ -17,6 +17,8 @@ import (
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"peapod/internal/procfs"
 )
 
 // StartOptions say how to start a pod's shim.
@@ -283,18 +285,8 @@ func (c *Client) Shutdown(ctx context.Context) error {
 		if !ok {
 			deadline = time.Now().Add(10 * time.Second)
 		}
-		for {
-			ms := max(int(time.Until(deadline).Milliseconds()), 0)
-			n, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, ms)
-			if n > 0 {
-				break
-			}
-			if err != nil && err != unix.EINTR {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("shutdown shim %s: process %d still running", c.dir, resp.Pid)
-			}
+		if !procfs.WaitPidfd(pidfd, time.Until(deadline)) {
+			return fmt.Errorf("shutdown shim %s: process %d still running", c.dir, resp.Pid)
 		}
 	}
 	return nil

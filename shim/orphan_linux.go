@@ -71,15 +71,8 @@ func KillOrphanInit(dir, id string) (bool, error) {
 	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return false, fmt.Errorf("kill init %d of container %s: %w", st.Pid, id, err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		ms := max(int(time.Until(deadline).Milliseconds()), 0)
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, ms)
-		if n > 0 {
-			return true, nil
-		}
-		if err != nil && !errors.Is(err, unix.EINTR) || time.Now().After(deadline) {
-			return true, fmt.Errorf("init %d of container %s did not exit after SIGKILL", st.Pid, id)
-		}
+	if !procfs.WaitPidfd(fd, 5*time.Second) {
+		return true, fmt.Errorf("init %d of container %s did not exit after SIGKILL", st.Pid, id)
 	}
+	return true, nil
 }

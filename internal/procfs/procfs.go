@@ -1,5 +1,6 @@
 // Package procfs reads the few /proc facts peapod needs to tell a live
-// process from a recycled pid.
+// process from a recycled pid, and waits for a process's exit through its
+// pidfd.
 package procfs
 
 import (
