@@ -155,18 +155,8 @@ func (p PodCgroup) KillContainer(id string) error {
 	}
 	roots = usableRoots(roots, p.PodPath)
 	cgPath := p.ContainerPath(id)
-	if p.Driver != DriverSystemd {
-		return removeTree(p.Mode, roots, cgPath)
+	if p.Driver == DriverSystemd {
+		return stopScope(p.Mode, roots, p.Slice, id, cgPath)
 	}
-	if err := killCgroup(p.Mode, roots, cgPath, killBound); err != nil {
-		return err
-	}
-	m, err := systemdScopeManager(p.Mode, p.Slice, id)
-	if err != nil {
-		return err
-	}
-	if err := m.Destroy(); err != nil {
-		return fmt.Errorf("stop scope %s: %w", scopeUnit(id), err)
-	}
-	return nil
+	return removeTree(p.Mode, roots, cgPath)
 }

@@ -231,15 +231,8 @@ func (p PodCgroup) removeSystemd() error {
 	if err != nil {
 		return err
 	}
-	if err := killCgroup(p.Mode, roots, p.PausePath, killBound); err != nil {
+	if err := stopScope(p.Mode, roots, p.Slice, p.pauseID(), p.PausePath); err != nil {
 		return err
-	}
-	m, err := systemdScopeManager(p.Mode, p.Slice, p.pauseID())
-	if err != nil {
-		return err
-	}
-	if err := m.Destroy(); err != nil {
-		return fmt.Errorf("stop scope %s: %w", scopeUnit(p.pauseID()), err)
 	}
 	if !p.CreatedPod || hasChildCgroups(roots, p.PodPath) {
 		return nil // the kubelet's slice, or containers' scopes still there
@@ -250,6 +243,22 @@ func (p PodCgroup) removeSystemd() error {
 	}
 	if err := sm.Destroy(); err != nil {
 		return fmt.Errorf("stop pod slice %s: %w", p.Slice, err)
+	}
+	return nil
+}
+
+// stopScope kills what runs in the scope peapod-<id>.scope of slice, whose
+// cgroup is cgPath, and stops the scope.
+func stopScope(mode Mode, roots map[string]string, slice, id, cgPath string) error {
+	if err := killCgroup(mode, roots, cgPath, killBound); err != nil {
+		return err
+	}
+	m, err := systemdScopeManager(mode, slice, id)
+	if err != nil {
+		return err
+	}
+	if err := m.Destroy(); err != nil {
+		return fmt.Errorf("stop scope %s: %w", scopeUnit(id), err)
 	}
 	return nil
 }
