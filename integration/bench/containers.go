@@ -16,6 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"peapod/internal/procmask"
 )
 
 // The container section: what a pod with one busybox container costs on
@@ -37,23 +39,6 @@ import (
 const ctrName = "sleep"
 
 var ctrCommand = []string{"sleep", "3600"}
-
-// The masked and read-only paths a kubelet sends in every container's
-// security context for the default procMount (its securitycontext
-// package). Given nothing, peapod applies these same paths itself, while
-// containerd 1.6 applies none: without them the two would not do the same
-// work.
-var (
-	kubeletMaskedPaths = []string{
-		"/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
-		"/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-		"/proc/sched_debug", "/proc/scsi", "/sys/firmware",
-		"/sys/devices/virtual/powercap",
-	}
-	kubeletReadonlyPaths = []string{
-		"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
-	}
-)
 
 // containerResult is one runtime's figures for the container section.
 type containerResult struct {
@@ -226,7 +211,10 @@ func podWithContainer(ctx context.Context, t *target, w *containerWatch, namer *
 			Command:  ctrCommand,
 			LogPath:  ctrName + "_0.log",
 			Linux: &runtime.LinuxContainerConfig{SecurityContext: &runtime.LinuxContainerSecurityContext{
-				MaskedPaths: kubeletMaskedPaths, ReadonlyPaths: kubeletReadonlyPaths,
+				// As a kubelet sends them. Given nothing, peapod applies
+				// these same paths itself, while containerd 1.6 applies
+				// none: without them the two would not do the same work.
+				MaskedPaths: procmask.MaskedPaths, ReadonlyPaths: procmask.ReadonlyPaths,
 			}},
 		},
 	})

@@ -16,20 +16,8 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"peapod/internal/procmask"
 	"peapod/shim"
-)
-
-// Default masked and read-only paths: containerd's.
-var (
-	defaultMaskedPaths = []string{
-		"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
-		"/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-		"/proc/sched_debug", "/proc/scsi", "/sys/firmware",
-		"/sys/devices/virtual/powercap",
-	}
-	defaultReadonlyPaths = []string{
-		"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
-	}
 )
 
 // defaultMounts are the kernel filesystems every container gets, minus
@@ -111,11 +99,11 @@ func ociSpec(cs *shim.ContainerSpec, podCgroup string, nsPath func(kind specs.Li
 	if !cs.Privileged {
 		s.Linux.MaskedPaths = cs.MaskedPaths
 		if s.Linux.MaskedPaths == nil {
-			s.Linux.MaskedPaths = defaultMaskedPaths
+			s.Linux.MaskedPaths = procmask.MaskedPaths
 		}
 		s.Linux.ReadonlyPaths = cs.ReadonlyPaths
 		if s.Linux.ReadonlyPaths == nil {
-			s.Linux.ReadonlyPaths = defaultReadonlyPaths
+			s.Linux.ReadonlyPaths = procmask.ReadonlyPaths
 		}
 	}
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 
+	"peapod/internal/procmask"
 	"peapod/shim"
 )
 
@@ -42,7 +43,7 @@ func TestOCISpecDefaults(t *testing.T) {
 	if s.Hostname != "" {
 		t.Errorf("hostname %q set in a joined UTS namespace", s.Hostname)
 	}
-	if !slices.Equal(s.Linux.MaskedPaths, defaultMaskedPaths) || !slices.Equal(s.Linux.ReadonlyPaths, defaultReadonlyPaths) {
+	if !slices.Equal(s.Linux.MaskedPaths, procmask.MaskedPaths) || !slices.Equal(s.Linux.ReadonlyPaths, procmask.ReadonlyPaths) {
 		t.Errorf("masked %v readonly %v", s.Linux.MaskedPaths, s.Linux.ReadonlyPaths)
 	}
 	want := []specs.LinuxNamespace{
