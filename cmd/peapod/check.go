@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 
 	"peapod/cgroups"
 	"peapod/internal/binfile"
@@ -40,12 +39,12 @@ func check(args []string) error {
 		problems = append(problems, "this peapod was built without the pause binary: rebuild with `make build`")
 	}
 	// Where serve will write its programs (programDir).
-	stateBin, rootBin := filepath.Join(cfg.State, "bin"), filepath.Join(cfg.Root, "bin")
-	if err := binfile.Runnable(stateBin); err != nil {
-		if rerr := binfile.Runnable(rootBin); rerr != nil {
+	dirs := programDirs(cfg)
+	if err := binfile.Runnable(dirs[0]); err != nil {
+		if rerr := binfile.Runnable(dirs[1]); rerr != nil {
 			problems = append(problems, fmt.Sprintf("peapod's programs (pause, shim) cannot run from either place: %v; %v: give --state or --root on a file system mounted without noexec", err, rerr))
 		} else {
-			notes = append(notes, fmt.Sprintf("%v: peapod runs its programs (pause, shim) from %s instead", err, rootBin))
+			notes = append(notes, fmt.Sprintf("%v: peapod runs its programs (pause, shim) from %s instead", err, dirs[1]))
 		}
 	}
 	if !rootlessUser {

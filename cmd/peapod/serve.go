@@ -122,12 +122,17 @@ func newLogger(level string) (*slog.Logger, error) {
 // shim, helper): <state>/bin, or <root>/bin when the state dir's file system
 // is mounted noexec, as systemd mounts /run.
 func programDir(cfg *config, log *slog.Logger) (string, error) {
-	stateBin := filepath.Join(cfg.State, "bin")
-	dir, err := binfile.Dir(stateBin, filepath.Join(cfg.Root, "bin"))
-	if err == nil && dir != stateBin {
+	dirs := programDirs(cfg)
+	dir, err := binfile.Dir(dirs...)
+	if err == nil && dir != dirs[0] {
 		log.Info("the state dir's file system is mounted noexec: peapod's programs run from the root dir", "state", cfg.State, "dir", dir)
 	}
 	return dir, err
+}
+
+// programDirs are the places for the programs, in order of preference.
+func programDirs(cfg *config) []string {
+	return []string{filepath.Join(cfg.State, "bin"), filepath.Join(cfg.Root, "bin")}
 }
 
 // installPause writes the embedded pause binary to dir, named by its

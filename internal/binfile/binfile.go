@@ -69,11 +69,11 @@ func Install(dir, name string, open func() (io.ReadCloser, error)) (string, erro
 func Dir(dirs ...string) (string, error) {
 	var why []string
 	for _, d := range dirs {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := Runnable(d); err != nil {
 			why = append(why, err.Error())
 			continue
 		}
-		if err := Runnable(d); err != nil {
+		if err := os.MkdirAll(d, 0o755); err != nil {
 			why = append(why, err.Error())
 			continue
 		}
