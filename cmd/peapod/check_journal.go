@@ -19,23 +19,18 @@ import (
 // source may be an alias such as /dev/root.
 func journallessExt4(dir string, mounts []byte, journals []string, devName func(majMin string) string) (device string, ok bool) {
 	dir = filepath.Clean(dir)
-	best, fstype, source, majMin := "", "", "", ""
-	for _, line := range strings.Split(string(mounts), "\n") {
-		pre, post, found := strings.Cut(line, " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if !found || len(f) < 5 || len(g) < 2 {
-			continue
-		}
-		mp := mountinfo.Unescape(f[4])
+	var best mountinfo.Mount
+	for _, m := range mountinfo.Parse(mounts) {
+		mp := m.MountPoint
 		under := mp == "/" || dir == mp || strings.HasPrefix(dir, mp+"/")
-		if under && len(mp) >= len(best) {
-			best, fstype, source, majMin = mp, g[0], g[1], f[2]
+		if under && len(mp) >= len(best.MountPoint) {
+			best = m
 		}
 	}
-	if fstype != "ext4" {
+	if best.FSType != "ext4" {
 		return "", false
 	}
-	dev := devName(majMin)
+	dev := devName(best.MajMin)
 	if dev == "" {
 		return "", false
 	}
@@ -44,11 +39,12 @@ func journallessExt4(dir string, mounts []byte, journals []string, devName func(
 			return "", false
 		}
 	}
-	return source, true
+	return best.Source, true
 }
 
-// journalNotes are check's notes for the dirs peapod writes its records and
-// pods' files to, when they are on an ext4 without a journal.
+// journalNotes are the notes of check (and warnings of serve) for the dirs
+// peapod writes its records and pods' files to, when they are on an ext4
+// without a journal.
 func journalNotes(dirs ...string) []string {
 	mounts, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {

@@ -397,27 +397,18 @@ func (h *hostView) cgroupMounts() ([]cgroupMount, error) {
 		return nil, err
 	}
 	var out []cgroupMount
-	for line := range strings.SplitSeq(string(data), "\n") {
-		// id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-		pre, post, ok := strings.Cut(line, " - ")
-		if !ok {
-			continue
-		}
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if len(f) < 5 || len(g) < 3 {
-			continue
-		}
-		switch g[0] {
+	for _, m := range mountinfo.Parse(data) {
+		switch m.FSType {
 		case "cgroup2":
-			out = append(out, cgroupMount{dir: mountinfo.Unescape(f[4]), v2: true})
+			out = append(out, cgroupMount{dir: m.MountPoint, v2: true})
 		case "cgroup":
 			var names []string
-			for o := range strings.SplitSeq(g[2], ",") {
+			for o := range strings.SplitSeq(m.SuperOptions, ",") {
 				if strings.HasPrefix(o, "name=") || !strings.Contains(o, "=") && !cgroupMountOptions[o] {
 					names = append(names, o)
 				}
 			}
-			out = append(out, cgroupMount{dir: mountinfo.Unescape(f[4]), names: names})
+			out = append(out, cgroupMount{dir: m.MountPoint, names: names})
 		}
 	}
 	return out, nil

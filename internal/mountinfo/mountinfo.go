@@ -26,3 +26,32 @@ func Unescape(s string) string {
 	}
 	return b.String()
 }
+
+// Mount is one line of mountinfo, the fields peapod reads.
+type Mount struct {
+	MajMin       string // device number, "major:minor"
+	MountPoint   string // unescaped
+	FSType       string
+	Source       string
+	SuperOptions string
+}
+
+// Parse reads the lines of a mountinfo file ("id parent maj:min root
+// mountpoint opts [optional...] - fstype source superopts"), skipping
+// those it cannot read, in the file's order (a later mount at the same
+// point is on top).
+func Parse(data []byte) []Mount {
+	var out []Mount
+	for line := range strings.SplitSeq(string(data), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if len(f) < 5 || len(g) < 3 {
+			continue
+		}
+		out = append(out, Mount{MajMin: f[2], MountPoint: Unescape(f[4]), FSType: g[0], Source: g[1], SuperOptions: g[2]})
+	}
+	return out
+}
