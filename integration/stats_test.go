@@ -26,8 +26,8 @@ import (
 
 // cgroupFile is file of the cgroup cgPath in the hierarchy of controller.
 func cgroupFile(controller, cgPath, file string) string {
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		return filepath.Join("/sys/fs/cgroup", cgPath, file) // v2
+	if cgroupV2Host() {
+		return filepath.Join("/sys/fs/cgroup", cgPath, file)
 	}
 	return filepath.Join("/sys/fs/cgroup", controller, cgPath, file)
 }
