@@ -134,6 +134,9 @@ func (m *Manager) killOrphanRest(sb *Sandbox, id string) {
 
 // settleOrphansAtStart settles, once a restarted daemon has loaded its
 // records, the created and running containers of pods whose shim is gone.
+// It asks each pod's shim once, not each container: a container that a
+// live shim does not know is settled by its exit watcher or its next
+// status call, as at any other time.
 func (m *Manager) settleOrphansAtStart(ctx context.Context) {
 	bySandbox := map[string][]*centry{}
 	t := m.ctable()
@@ -149,16 +152,12 @@ func (m *Manager) settleOrphansAtStart(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		client, err := m.shimFor(ctx, sb, false)
+		// A shim that is there but did not answer is asked again later.
+		if _, err := m.shimFor(ctx, sb, false); !m.shimLost(ctx, sb, err) {
+			continue
+		}
 		for _, ce := range ces {
-			cerr := err
-			if cerr == nil {
-				_, cerr = client.State(ctx, m.copyRec(ce).ID)
-			}
-			// A shim that is there but did not answer is asked again later.
-			if m.shimLost(ctx, sb, cerr) {
-				m.settleOrphan(ce, sb)
-			}
+			m.settleOrphan(ce, sb)
 		}
 	}
 }
