@@ -103,45 +103,32 @@ for bin in "${ordered[@]}"; do
 	fi
 done
 
-if [ "${VM_SKIP_SMOKE:-0}" != 1 ]; then
-	say "RUN smoke"
+# run_script NAME DETAIL: runs integration/vm/NAME.sh into NAME.log and
+# records it (exit 0 PASS with DETAIL, 77 SKIP, else FAIL).
+run_script() {
+	local name=$1 detail=$2 t0 rc secs
+	say "RUN $name"
 	t0=$(date +%s)
-	bash "$REPO/integration/vm/smoke.sh" >"$RES/smoke.log" 2>&1
+	bash "$REPO/integration/vm/$name.sh" >"$RES/$name.log" 2>&1
 	rc=$?
 	secs=$(($(date +%s) - t0))
 	case $rc in
-	0) record PASS smoke "$secs" "peapod + crictl on cgroup v2: pods (cgroupfs); pods + containers (systemd driver)" ;;
-	77) record SKIP smoke "$secs" "$(tail -1 "$RES/smoke.log")" ;;
-	*) record FAIL smoke "$secs" "exit $rc: $(grep '^FAIL' "$RES/smoke.log" | head -1)" ;;
+	0) record PASS "$name" "$secs" "$detail" ;;
+	77) record SKIP "$name" "$secs" "$(tail -1 "$RES/$name.log")" ;;
+	*) record FAIL "$name" "$secs" "exit $rc: $(grep '^FAIL' "$RES/$name.log" | head -1)" ;;
 	esac
-fi
+}
 
+if [ "${VM_SKIP_SMOKE:-0}" != 1 ]; then
+	run_script smoke "peapod + crictl on cgroup v2: pods (cgroupfs); pods + containers (systemd driver)"
+fi
 # The root system unit (contrib/peapod-root.service) under the VM's systemd.
 if [ "${VM_SKIP_UNIT:-0}" != 1 ]; then
-	say "RUN system-unit"
-	t0=$(date +%s)
-	bash "$REPO/integration/vm/system-unit.sh" >"$RES/system-unit.log" 2>&1
-	rc=$?
-	secs=$(($(date +%s) - t0))
-	case $rc in
-	0) record PASS system-unit "$secs" "contrib/peapod-root.service: ready on start (Type=notify), OOMScoreAdjust -999 for daemon and shim, a pod survives restart and kill -9" ;;
-	77) record SKIP system-unit "$secs" "$(tail -1 "$RES/system-unit.log")" ;;
-	*) record FAIL system-unit "$secs" "exit $rc: $(grep '^FAIL' "$RES/system-unit.log" | head -1)" ;;
-	esac
+	run_script system-unit "contrib/peapod-root.service: ready on start (Type=notify), OOMScoreAdjust -999 for daemon and shim, a pod survives restart and kill -9"
 fi
-
 # Rootless peapod as peapod-test under systemd with a delegated cgroup.
 if [ "${VM_SKIP_ROOTLESS:-0}" != 1 ]; then
-	say "RUN rootless-v2"
-	t0=$(date +%s)
-	bash "$REPO/integration/vm/rootless-v2.sh" >"$RES/rootless-v2.log" 2>&1
-	rc=$?
-	secs=$(($(date +%s) - t0))
-	case $rc in
-	0) record PASS rootless-v2 "$secs" "peapod-test under systemd: pods in a delegated scope, limited and accounted, kept across a restart; undelegated: pods run" ;;
-	77) record SKIP rootless-v2 "$secs" "$(tail -1 "$RES/rootless-v2.log")" ;;
-	*) record FAIL rootless-v2 "$secs" "exit $rc: $(grep '^FAIL' "$RES/rootless-v2.log" | head -1)" ;;
-	esac
+	run_script rootless-v2 "peapod-test under systemd: pods in a delegated scope, limited and accounted, kept across a restart; undelegated: pods run"
 fi
 
 n=$(wc -l <"$RES/summary.txt")
