@@ -65,17 +65,17 @@ func (m *Manager) saveContainer(c *Container) error {
 
 // A container's first record, written while CreateContainer runs, is not
 // synced (saveContainerVolatile): a power loss ends the container, and its
-// rootfs is swept at start; the created record is committed with its
-// directories (saveContainerCommit). As for sandboxes (store.go).
+// rootfs is swept at start. The created and started records are synced
+// with their directories in the background (saveContainerCommit), as the
+// ready record of a sandbox is (store.go).
 func (m *Manager) saveContainerVolatile(c *Container) error {
 	return m.writeContainer(c, atomicfile.Replace)
 }
 
 func (m *Manager) saveContainerCommit(c *Container) error {
-	if err := m.writeContainer(c, atomicfile.Commit); err != nil {
-		return err
-	}
-	return atomicfile.SyncDir(filepath.Dir(m.containerDir(c.SandboxID)))
+	return m.writeContainer(c, func(path string, b []byte, perm os.FileMode) error {
+		return atomicfile.ReplaceLater(m.store.syncer, path, b, perm, filepath.Dir(m.containerDir(c.SandboxID)))
+	})
 }
 
 func (m *Manager) writeContainer(c *Container, write func(string, []byte, os.FileMode) error) error {
@@ -383,7 +383,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	} else {
 		c.State, c.StartedAt = ContainerRunning, time.Now()
 	}
-	if err := m.saveContainer(c); err != nil {
+	if err := m.saveContainerCommit(c); err != nil {
 		return err
 	}
 	m.publishContainer(ce, c)

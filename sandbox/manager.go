@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"peapod/cgroups"
+	"peapod/internal/atomicfile"
 	"peapod/image"
 	"peapod/netns"
 )
@@ -117,6 +118,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		stopRetry: make(chan struct{}),
 		retryDone: make(chan struct{}),
 	}
+	m.store.syncer = atomicfile.NewSyncer(func(path string, err error) {
+		m.log.Error("sync a state record to disk", "path", path, "err", err)
+	})
 	m.bg, m.bgCancel = context.WithCancel(context.Background())
 	if err := m.recover(ctx); err != nil {
 		m.bgCancel()
@@ -128,9 +132,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-// Close stops background work. Pods keep running.
+// Close stops background work and syncs the records still queued. Pods
+// keep running.
 func (m *Manager) Close() {
 	m.bgCancel()
+	defer m.store.syncer.Close()
 	select {
 	case <-m.stopRetry:
 	default:

@@ -15,7 +15,8 @@ import (
 // Writes are atomic: a reader (or a restarted daemon) sees the old or the
 // new record, never a torn one.
 type store struct {
-	dir string
+	dir    string
+	syncer *atomicfile.Syncer // saveCommit's background syncs
 }
 
 const recordFile = "sandbox.json"
@@ -26,23 +27,25 @@ func (s *store) save(sb *Sandbox) error { return s.write(sb, atomicfile.WriteFil
 
 // Durability. Every record is written atomically, so a daemon killed at
 // any moment finds the old or the new one. Most records are also synced,
-// to survive a power loss; those RunPodSandbox writes before the sandbox
+// to survive a power loss. Those RunPodSandbox writes before the sandbox
 // is ready are not (saveVolatile): a power loss ends everything they
 // guard (pause, namespaces, cgroups, mounts), and what outlives it (the
 // IPAM allocation, a rootfs) is collected at start by CNI GC and the
-// sweeps. The ready record, which the caller relies on, is committed with
-// its directories (saveCommit).
+// sweeps. The ready record is synced with its directories in the
+// background, a moment after the call returns (saveCommit): the caller
+// cannot tell, since a power loss in that moment ends the pod just the
+// same, and the next start cleans up after a record that never reached
+// the disk as after one that did.
 
 // saveVolatile writes the record without syncing it.
 func (s *store) saveVolatile(sb *Sandbox) error { return s.write(sb, atomicfile.Replace) }
 
-// saveCommit writes the record and syncs it, its directory and the
-// directory's entry in the store.
+// saveCommit writes the record and queues it, its directory and the
+// directory's entry in the store to be synced.
 func (s *store) saveCommit(sb *Sandbox) error {
-	if err := s.write(sb, atomicfile.Commit); err != nil {
-		return err
-	}
-	return atomicfile.SyncDir(s.dir)
+	return s.write(sb, func(path string, b []byte, perm os.FileMode) error {
+		return atomicfile.ReplaceLater(s.syncer, path, b, perm, s.dir)
+	})
 }
 
 func (s *store) write(sb *Sandbox, write func(string, []byte, os.FileMode) error) error {

@@ -26,16 +26,6 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 	return SyncDir(filepath.Dir(path))
 }
 
-// Commit is WriteFile that always syncs the directory too: for a record
-// whose earlier versions were written with Replace, whose name may not
-// have reached the disk yet.
-func Commit(path string, data []byte, perm os.FileMode) error {
-	if err := write(path, data, perm, true); err != nil {
-		return err
-	}
-	return SyncDir(filepath.Dir(path))
-}
-
 // Replace is WriteFile without any sync: still never a torn file for a
 // process that dies, but no promise across a power loss. It is for files
 // of the runtime state dir (/run), which a reboot empties anyway.

@@ -7,7 +7,9 @@ import (
 )
 
 func TestWriteFileAndReplaceLeaveOnlyTheNewContent(t *testing.T) {
-	for name, write := range map[string]func(string, []byte, os.FileMode) error{"WriteFile": WriteFile, "Replace": Replace, "Commit": Commit} {
+	syncer := NewSyncer(func(p string, err error) { t.Errorf("sync %s: %v", p, err) })
+	defer syncer.Close()
+	for name, write := range map[string]func(string, []byte, os.FileMode) error{"WriteFile": WriteFile, "Replace": Replace, "ReplaceLater": func(p string, b []byte, m os.FileMode) error { return ReplaceLater(syncer, p, b, m) }} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			p := filepath.Join(dir, "rec.json")
