@@ -26,6 +26,11 @@ type Driver interface {
 	// error wrapping ErrInvalidParent. On error nothing that this call
 	// created is left behind.
 	CreatePodCgroup(cgroupParent, sandboxID string) (PodCgroup, error)
+	// PlanPodCgroup is CreatePodCgroup's checks and result without making
+	// anything, so that a record can name the cgroup before it exists
+	// (Remove does not mind what was never made); MakePodCgroup makes it.
+	PlanPodCgroup(cgroupParent, sandboxID string) (PodCgroup, error)
+	MakePodCgroup(p PodCgroup) error
 	// SweepOrphans removes the pod cgroups under the default parent whose
 	// sandbox id keep rejects (leftovers of a crash).
 	SweepOrphans(keep func(sandboxID string) bool) ([]string, error)
@@ -70,6 +75,12 @@ func (cgroupfsDriver) Name() string { return DriverCgroupfs }
 func (d cgroupfsDriver) CreatePodCgroup(cgroupParent, sandboxID string) (PodCgroup, error) {
 	return CreatePodCgroup(cgroupParent, d.defaultParent, sandboxID)
 }
+
+func (d cgroupfsDriver) PlanPodCgroup(cgroupParent, sandboxID string) (PodCgroup, error) {
+	return PlanPodCgroup(cgroupParent, d.defaultParent, sandboxID)
+}
+
+func (d cgroupfsDriver) MakePodCgroup(p PodCgroup) error { return MakePodCgroup(p, d.defaultParent) }
 
 func (d cgroupfsDriver) SweepOrphans(keep func(string) bool) ([]string, error) {
 	return SweepOrphans(d.defaultParent, keep)

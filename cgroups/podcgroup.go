@@ -70,18 +70,27 @@ var (
 // an absolute, clean cgroupfs path yields an error wrapping
 // ErrInvalidParent. On error nothing that this call created is left behind.
 func CreatePodCgroup(cgroupParent, defaultParent, sandboxID string) (PodCgroup, error) {
+	p, err := PlanPodCgroup(cgroupParent, defaultParent, sandboxID)
+	if err != nil {
+		return PodCgroup{}, err
+	}
+	return p, MakePodCgroup(p, defaultParent)
+}
+
+// PlanPodCgroup is the pod cgroup CreatePodCgroup would make, checked but
+// not made, so that a record can name it first: Remove does not mind
+// directories that were never made.
+func PlanPodCgroup(cgroupParent, defaultParent, sandboxID string) (PodCgroup, error) {
 	if err := checkSandboxID(sandboxID); err != nil {
 		return PodCgroup{}, err
 	}
 	var p PodCgroup
-	var shared string // an ancestor that other pods share, never rolled back
 	if cgroupParent == "" || cgroupParent == "/" {
 		if err := checkPath(defaultParent); err != nil || defaultParent == "/" {
 			return PodCgroup{}, fmt.Errorf("default cgroup parent %q: must be an absolute, clean path below /", defaultParent)
 		}
 		p.PodPath = filepath.Join(defaultParent, sandboxID)
 		p.CreatedPod = true
-		shared = defaultParent
 	} else {
 		if err := checkParent(cgroupParent); err != nil {
 			return PodCgroup{}, err
@@ -90,25 +99,39 @@ func CreatePodCgroup(cgroupParent, defaultParent, sandboxID string) (PodCgroup, 
 	}
 	p.PausePath = filepath.Join(p.PodPath, sandboxID)
 	p.Mode = hostMode()
-
 	roots, err := hierarchyRoots(p.Mode)
 	if err != nil {
 		return PodCgroup{}, err
 	}
 	// Rootless: only where the host delegated a subtree (delegation.go).
-	roots = usableRoots(roots, p.PausePath)
 	podExisted := false
-	var created []string // deepest first, per hierarchy
-	for _, root := range roots {
+	for _, root := range usableRoots(roots, p.PausePath) {
 		if exists(filepath.Join(root, p.PodPath)) {
 			podExisted = true
 		}
-		created = append(created, missingDirs(root, p.PausePath, shared)...)
 	}
 	if !podExisted {
 		p.CreatedPod = true
 	}
+	return p, nil
+}
 
+// MakePodCgroup makes the directories of a planned pod cgroup. On error
+// nothing that this call created is left behind.
+func MakePodCgroup(p PodCgroup, defaultParent string) error {
+	shared := "" // an ancestor that other pods share, never rolled back
+	if p.PodPath == filepath.Join(defaultParent, filepath.Base(p.PausePath)) {
+		shared = defaultParent
+	}
+	roots, err := hierarchyRoots(p.Mode)
+	if err != nil {
+		return err
+	}
+	roots = usableRoots(roots, p.PausePath)
+	var created []string // deepest first, per hierarchy
+	for _, root := range roots {
+		created = append(created, missingDirs(root, p.PausePath, shared)...)
+	}
 	switch {
 	case len(roots) == 0:
 		// Nothing delegated: the pod runs without a cgroup.
@@ -121,9 +144,9 @@ func CreatePodCgroup(cgroupParent, defaultParent, sandboxID string) (PodCgroup, 
 		for _, dir := range created {
 			_ = unix.Rmdir(dir)
 		}
-		return PodCgroup{}, fmt.Errorf("create pod cgroup %s: %w", p.PausePath, err)
+		return fmt.Errorf("create pod cgroup %s: %w", p.PausePath, err)
 	}
-	return p, nil
+	return nil
 }
 
 // createV1 lets the library's v1 manager make the directories: some

@@ -72,6 +72,48 @@ func TestCreateAddPauseRemoveInEveryHierarchy(t *testing.T) {
 	}
 }
 
+// TestPlanMakesNothingAndRemoveTakesAPlanNeverMade: RunPodSandbox records
+// the plan before it makes the cgroup; a daemon that dies in between
+// removes what the record names at start.
+func TestPlanMakesNothingAndRemoveTakesAPlanNeverMade(t *testing.T) {
+	requireRoot(t)
+	mnts := mountedHierarchies(t)
+	parent := testDefaultParent(t, mnts)
+	id := newSandboxID()
+	p, err := PlanPodCgroup("", parent, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := PodCgroup{Mode: DetectMode(), PodPath: parent + "/" + id, CreatedPod: true, PausePath: parent + "/" + id + "/" + id}
+	if p != want {
+		t.Fatalf("PlanPodCgroup = %+v, want %+v", p, want)
+	}
+	assertDirs(t, mnts, p.PodPath, false)
+	if err := p.Remove(); err != nil {
+		t.Fatalf("Remove of a plan never made: %v", err)
+	}
+	if err := MakePodCgroup(p, parent); err != nil {
+		t.Fatal(err)
+	}
+	assertDirs(t, mnts, p.PausePath, true)
+	if err := p.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	assertDirs(t, mnts, p.PodPath, false)
+	assertDirs(t, mnts, parent, true)
+
+	// A kubelet's pod cgroup that exists is not peapod's to remove.
+	podPath := parent + "/burstable/pod" + randHex(8)
+	mkdirEverywhere(t, mnts, podPath)
+	kp, err := PlanPodCgroup(podPath, parent, id)
+	if err != nil || kp.CreatedPod {
+		t.Fatalf("plan under an existing kubelet pod cgroup: %+v, %v", kp, err)
+	}
+	if _, err := PlanPodCgroup("relative/path", parent, id); !errors.Is(err, ErrInvalidParent) {
+		t.Errorf("plan with a relative parent: %v, want ErrInvalidParent", err)
+	}
+}
+
 func TestRemoveTwiceIsNoop(t *testing.T) {
 	requireRoot(t)
 	mnts := mountedHierarchies(t)

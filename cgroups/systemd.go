@@ -107,6 +107,14 @@ func (d systemdDriver) podSlice(sandboxID string) string {
 }
 
 func (d systemdDriver) CreatePodCgroup(cgroupParent, sandboxID string) (PodCgroup, error) {
+	p, err := d.PlanPodCgroup(cgroupParent, sandboxID)
+	if err != nil {
+		return PodCgroup{}, err
+	}
+	return p, d.MakePodCgroup(p)
+}
+
+func (d systemdDriver) PlanPodCgroup(cgroupParent, sandboxID string) (PodCgroup, error) {
 	if err := checkSandboxID(sandboxID); err != nil || strings.Contains(sandboxID, "-") {
 		return PodCgroup{}, fmt.Errorf("pod cgroup: invalid sandbox id %q", sandboxID)
 	}
@@ -142,17 +150,23 @@ func (d systemdDriver) CreatePodCgroup(cgroupParent, sandboxID string) (PodCgrou
 		// does not. Made here, the slice is peapod's to remove.
 		p.CreatedPod = true
 	}
+	return p, nil
+}
+
+// MakePodCgroup makes the pod's slice if peapod owns it; the pause's
+// scope comes with the pause (StartPause).
+func (d systemdDriver) MakePodCgroup(p PodCgroup) error {
 	if p.CreatedPod {
 		m, err := systemdSliceManager(p.Mode, p.Slice, &cgroups.Resources{SkipDevices: true})
 		if err != nil {
-			return PodCgroup{}, fmt.Errorf("pod slice %s: %w", p.Slice, err)
+			return fmt.Errorf("pod slice %s: %w", p.Slice, err)
 		}
 		if err := m.Apply(-1); err != nil {
 			_ = m.Destroy()
-			return PodCgroup{}, fmt.Errorf("create pod slice %s: %w", p.Slice, err)
+			return fmt.Errorf("create pod slice %s: %w", p.Slice, err)
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // checkSlice validates a kubelet's cgroup_parent for the systemd driver.

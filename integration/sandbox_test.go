@@ -649,6 +649,69 @@ exec `+filepath.Join(cniBinDir, "bridge")+`
 	}
 }
 
+// TestCgroupPathPluginFindsThePodCgroup: the pod cgroup is made beside the
+// CNI ADD, unless a plugin declares the cgroupPath capability (eBPF
+// plugins attach to the pod's cgroup): then it is made first. The test
+// plugin fails the ADD if the cgroup it is handed does not exist yet,
+// then hands over to the real bridge plugin.
+func TestCgroupPathPluginFindsThePodCgroup(t *testing.T) {
+	bin := t.TempDir()
+	writeScript(t, filepath.Join(bin, "cgcheck"), `#!/bin/sh
+conf=$(cat)
+if [ "$CNI_COMMAND" = "ADD" ]; then
+  cg=$(printf '%s' "$conf" | grep -o '"cgroupPath":"[^"]*"' | cut -d'"' -f4)
+  if [ -z "$cg" ]; then
+    echo '{"cniVersion":"1.0.0","code":11,"msg":"cgcheck: no cgroupPath in runtimeConfig"}'; exit 1
+  fi
+  if [ ! -d "/sys/fs/cgroup/pids$cg" ] && [ ! -f "/sys/fs/cgroup$cg/cgroup.procs" ]; then
+    echo '{"cniVersion":"1.0.0","code":11,"msg":"cgcheck: pod cgroup '"$cg"' does not exist during ADD"}'; exit 1
+  fi
+fi
+printf '%s' "$conf" | exec `+filepath.Join(cniBinDir, "bridge")+`
+`)
+	d := startDaemon(t, withBinDirs(bin+":"+cniBinDir))
+	before := d.snapshot(t)
+	// The embedded network asks for no cgroup: made beside the ADD.
+	beside := d.runPod(t, podConfig("cg-beside"))
+	d.stopRemove(t, beside)
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"cg-%s","plugins":[{"type":"cgcheck","capabilities":{"cgroupPath":true},"bridge":"%s","isGateway":true,"ipam":{"type":"host-local","dataDir":"%s","ranges":[[{"subnet":"%s"}]]}}]}`,
+		d.Bridge, d.Bridge, filepath.Join(d.Root, "cni", "networks"), d.Subnet)
+	if err := os.WriteFile(filepath.Join(d.ConfDir, "10-cg.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var first []string
+	for i := range 3 {
+		id := d.runPod(t, podConfig(fmt.Sprintf("cg-%d", i)))
+		d.stopRemove(t, id)
+		first = append(first, id)
+	}
+	assertNoLeaks(t, before, d.snapshot(t))
+	// The plugin's check passes by timing too when the cgroup is made
+	// beside the ADD (making it is quicker than starting a shell), so the
+	// order is read from the debug log's steps, which name a "cgroup"
+	// step only when the cgroup is made before the ADD.
+	b, err := os.ReadFile(d.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	madeFirst := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, `msg="RunPodSandbox steps"`) {
+			continue
+		}
+		f := strings.Fields(line[strings.Index(line, " id=")+1:])
+		madeFirst[strings.TrimPrefix(f[0], "id=")] = strings.Contains(line, " cgroup=")
+	}
+	for _, id := range first {
+		if made, ok := madeFirst[id]; !ok || !made {
+			t.Errorf("pod %s on a network with the cgroupPath capability: cgroup made first %v (steps logged: %v)", id, made, ok)
+		}
+	}
+	if made, ok := madeFirst[beside]; !ok || made {
+		t.Errorf("pod %s on the embedded network: cgroup made first %v (steps logged: %v), want beside the ADD", beside, made, ok)
+	}
+}
+
 func writeScript(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o755); err != nil {

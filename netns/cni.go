@@ -282,6 +282,26 @@ func (n *Network) Prepare(req AttachRequest) (*Attachment, error) {
 	return att, nil
 }
 
+// UsesCgroup says whether a plugin of the attachment's network asks for
+// the pod's cgroup path (the cgroupPath capability), and so may look at
+// that cgroup during ADD: the caller then makes it first.
+func (att *Attachment) UsesCgroup() bool {
+	var list struct {
+		Plugins []struct {
+			Capabilities map[string]bool `json:"capabilities"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(att.ConfList, &list); err != nil {
+		return true // unreadable here: assume it does
+	}
+	for _, p := range list.Plugins {
+		if p.Capabilities["cgroupPath"] {
+			return true
+		}
+	}
+	return false
+}
+
 func (att *Attachment) runtimeConf(id, netnsPath, ifName string) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{
 		ContainerID:    id,

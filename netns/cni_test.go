@@ -73,3 +73,33 @@ func TestNoPortmap(t *testing.T) {
 		}
 	}
 }
+
+// TestUsesCgroup: only a plugin that declares the cgroupPath capability
+// makes the runtime create the pod cgroup before the ADD.
+func TestUsesCgroup(t *testing.T) {
+	for _, c := range []struct {
+		conf string
+		want bool
+	}{
+		{`{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"portmap","capabilities":{"portMappings":true}}]}`, false},
+		{`{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"ebpf","capabilities":{"cgroupPath":true}}]}`, true},
+		{`{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"x","capabilities":{"cgroupPath":false}}]}`, false},
+		{`not json`, true},
+	} {
+		att := &Attachment{ConfList: json.RawMessage(c.conf)}
+		if got := att.UsesCgroup(); got != c.want {
+			t.Errorf("UsesCgroup(%s) = %v, want %v", c.conf, got, c.want)
+		}
+	}
+	n, err := NewNetwork(NetworkConfig{ConfDir: t.TempDir(), CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	att, err := n.Prepare(AttachRequest{SandboxID: "abc", CgroupPath: "/peapod/abc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if att.UsesCgroup() {
+		t.Error("the embedded network asks for the pod cgroup during ADD")
+	}
+}

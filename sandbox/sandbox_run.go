@@ -90,16 +90,17 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 		m.forget(e, rec)
 	}()
 
+	// The pod cgroup is checked and named in the first record, and made
+	// beside the CNI ADD below (before it, if a plugin wants to see it):
+	// a daemon that dies before it is made still removes it at start.
+	if err := m.planPodCgroup(rec); err != nil {
+		return err
+	}
 	// Written without a sync until the sandbox is ready (store.go).
 	if err := m.store.saveVolatile(rec); err != nil {
 		return err
 	}
 	st.mark("record")
-
-	if err := m.createPodCgroup(rec); err != nil {
-		return err
-	}
-	st.mark("cgroup")
 
 	// The pod's network namespace is made and pinned on its own, before the
 	// pause that will hold it: the CNI ADD (the longest step, the plugins'
@@ -125,21 +126,42 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 		return err
 	}
 	st.mark("netns")
+	cgroupMade := false
+	if rec.Network != nil && rec.Network.UsesCgroup() {
+		if err := m.makePodCgroup(rec); err != nil {
+			return err
+		}
+		cgroupMade = true
+		st.mark("cgroup")
+	}
 
-	// Side by side: the CNI ADD and shaping; and the pause, its cgroup,
-	// the namespaces' own settings, /dev/shm and the pod's shim. Each side
-	// writes only its own part of rec (attachNetwork: Network, Shaping);
-	// the pause's part is merged here.
+	// Side by side: the CNI ADD and shaping; and the pod cgroup, the
+	// pause, the namespaces' own settings, /dev/shm and the pod's shim.
+	// Each side writes only its own part of rec (attachNetwork: Network,
+	// Shaping); the pause's part is merged here.
 	var netErr error
 	var pod podStart
+	var netTook, podTook time.Duration
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if netPath != "" {
-			netErr = m.attachNetwork(ctx, e, rec)
+			netTook = timed(func() { netErr = m.attachNetwork(ctx, e, rec) })
 		}
 	})
-	wg.Go(func() { pod = m.startPod(ctx, rec, netPath) })
+	wg.Go(func() {
+		podTook = timed(func() {
+			if !cgroupMade {
+				if err := m.makePodCgroup(rec); err != nil {
+					pod.err = err
+					return
+				}
+			}
+			pod = m.startPod(ctx, rec, netPath)
+		})
+	})
 	wg.Wait()
+	st.side("(network", netTook)
+	st.side("pause)", podTook)
 	if pod.pause != nil {
 		rec.Pause = pod.pause
 	}
@@ -181,9 +203,10 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	return nil
 }
 
-// createPodCgroup makes the pod's cgroup and records it in rec.
-func (m *Manager) createPodCgroup(rec *Sandbox) error {
-	cg, err := m.cgroups.CreatePodCgroup(rec.Spec.CgroupParent, rec.ID)
+// planPodCgroup checks the pod's cgroup parent and records in rec the pod
+// cgroup that makePodCgroup makes.
+func (m *Manager) planPodCgroup(rec *Sandbox) error {
+	cg, err := m.cgroups.PlanPodCgroup(rec.Spec.CgroupParent, rec.ID)
 	if err != nil {
 		if errors.Is(err, cgroups.ErrInvalidParent) {
 			return fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -191,6 +214,15 @@ func (m *Manager) createPodCgroup(rec *Sandbox) error {
 		return fmt.Errorf("pod cgroup: %w", err)
 	}
 	rec.Cgroup = &cg
+	return nil
+}
+
+// makePodCgroup makes the pod cgroup planned in rec. It reads rec but
+// writes none of it.
+func (m *Manager) makePodCgroup(rec *Sandbox) error {
+	if err := m.cgroups.MakePodCgroup(*rec.Cgroup); err != nil {
+		return fmt.Errorf("pod cgroup: %w", err)
+	}
 	return nil
 }
 
