@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"peapod/cgroups"
-	"peapod/internal/atomicfile"
 	"peapod/image"
+	"peapod/internal/atomicfile"
 	"peapod/netns"
 )
 
