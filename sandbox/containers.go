@@ -366,8 +366,9 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: container %s is %s, not created", ErrInvalid, c.ID, c.State)
 	}
 	client, err := m.shimFor(ctx, sb, false)
+	var st *shim.ContainerState
 	if err == nil {
-		err = client.StartContainer(ctx, c.ID)
+		st, err = client.StartContainer(ctx, c.ID)
 	}
 	if m.shimLost(ctx, sb, err) {
 		m.settleOrphanLocked(ce, sb)
@@ -377,9 +378,14 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("start container %s: %w", c.ID, err)
 	}
 	m.watchExit(sb, c.ID)
-	st, err := client.State(ctx, c.ID)
-	if err == nil {
-		applyShimState(c, st)
+	if st == nil {
+		// A shim of an older peapod answers start without its state.
+		if s, err := client.State(ctx, c.ID); err == nil {
+			st = &s
+		}
+	}
+	if st != nil {
+		applyShimState(c, *st)
 	} else {
 		c.State, c.StartedAt = ContainerRunning, time.Now()
 	}

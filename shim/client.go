@@ -195,9 +195,12 @@ func (c *Client) CreateContainer(ctx context.Context, spec ContainerSpec) error 
 }
 
 // StartContainer runs the container's command.
-func (c *Client) StartContainer(ctx context.Context, id string) error {
-	_, err := c.call(ctx, &request{Op: opStart, ID: id})
-	return err
+func (c *Client) StartContainer(ctx context.Context, id string) (*ContainerState, error) {
+	resp, err := c.call(ctx, &request{Op: opStart, ID: id})
+	if err != nil {
+		return nil, err
+	}
+	return resp.State, nil
 }
 
 // Signal sends sig to the container's init, or with all to every process

@@ -203,7 +203,7 @@ func TestStartOfADeadInit(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- p.client.StartContainer(ctx, "dead") }()
+	go func() { _, err := p.client.StartContainer(ctx, "dead"); done <- err }()
 	select {
 	case err := <-done:
 		if err == nil {

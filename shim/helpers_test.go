@@ -260,8 +260,14 @@ func (p *pod) run(spec ContainerSpec) {
 	if err := p.client.CreateContainer(ctx, spec); err != nil {
 		p.t.Fatalf("create %s: %v", spec.ID, err)
 	}
-	if err := p.client.StartContainer(ctx, spec.ID); err != nil {
+	st, err := p.client.StartContainer(ctx, spec.ID)
+	if err != nil {
 		p.t.Fatalf("start %s: %v", spec.ID, err)
+	}
+	// Start answers with the state it left: running (or, for a quick
+	// command, exited already), with its start time.
+	if st == nil || st.ID != spec.ID || st.StartedAt.IsZero() || (st.Status != StatusRunning && st.Status != StatusExited) {
+		p.t.Fatalf("start %s answered state %+v", spec.ID, st)
 	}
 }
 

@@ -206,6 +206,8 @@ func (s *server) dispatch(conn *net.UnixConn, req *request) *response {
 		if err := c.start(); err != nil {
 			return errorResponse(err)
 		}
+		st := c.snapshot()
+		return &response{State: &st}
 	case opSignal:
 		if err := c.signal(syscall.Signal(req.Signal), req.All); err != nil {
 			return errorResponse(fmt.Errorf("signal container %s: %w", c.id, err))

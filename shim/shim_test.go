@@ -505,7 +505,7 @@ func runFakeDaemon() {
 			fmt.Println(err)
 			os.Exit(1)
 		}
-		if err := c.StartContainer(ctx, s.ID); err != nil {
+		if _, err := c.StartContainer(ctx, s.ID); err != nil {
 			fmt.Println(err)
 			os.Exit(1)
 		}
@@ -606,7 +606,7 @@ func TestSeccompProfileIsApplied(t *testing.T) {
 		}
 		t.Fatal(err)
 	}
-	if err := p.client.StartContainer(ctx, "seccomp"); err != nil {
+	if _, err := p.client.StartContainer(ctx, "seccomp"); err != nil {
 		t.Fatal(err)
 	}
 	p.wait("seccomp")
@@ -703,7 +703,7 @@ func TestConcurrentLifecycles(t *testing.T) {
 				errs <- err
 				return
 			}
-			if err := p.client.StartContainer(ctx, id); err != nil {
+			if _, err := p.client.StartContainer(ctx, id); err != nil {
 				errs <- err
 				return
 			}
