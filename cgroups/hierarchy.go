@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/fs"
@@ -19,22 +21,44 @@ func hierarchyRoots(mode Mode) (map[string]string, error) {
 	case ModeV2:
 		return map[string]string{"": unifiedMountpoint}, nil
 	case ModeV1:
-		// The v1 manager resolves every mounted hierarchy (including
-		// co-mounted "cpu,cpuacct" and the hybrid cgroup2 mount) for a
-		// path; for "/" that is the hierarchy roots. Missing devices is
-		// not fatal here: Check reports it.
-		cg := &cgroups.Cgroup{Path: "/", Resources: &cgroups.Resources{SkipDevices: true}}
-		m, err := fs.NewManager(cg, nil)
-		if err != nil {
-			return nil, fmt.Errorf("find cgroup v1 hierarchies: %w", err)
+		v1Cache.Lock()
+		defer v1Cache.Unlock()
+		if v1Cache.roots == nil || time.Since(v1Cache.at) >= hierarchyCacheTTL {
+			roots, err := findV1Roots()
+			if err != nil {
+				return nil, err
+			}
+			v1Cache.roots, v1Cache.at = roots, time.Now()
 		}
-		roots := maps.Clone(m.GetPaths())
-		if len(roots) == 0 {
-			return nil, fmt.Errorf("find cgroup v1 hierarchies: none mounted")
-		}
-		return roots, nil
+		return maps.Clone(v1Cache.roots), nil
 	}
 	return nil, fmt.Errorf("unknown cgroup mode %q", mode)
+}
+
+// v1Cache keeps the v1 hierarchy roots for hierarchyCacheTTL: finding
+// them reads mountinfo (about 0.15 ms), and each step of a pod's life
+// asks, several times in RunPodSandbox.
+var v1Cache struct {
+	sync.Mutex
+	roots map[string]string
+	at    time.Time
+}
+
+func findV1Roots() (map[string]string, error) {
+	// The v1 manager resolves every mounted hierarchy (including
+	// co-mounted "cpu,cpuacct" and the hybrid cgroup2 mount) for a
+	// path; for "/" that is the hierarchy roots. Missing devices is
+	// not fatal here: Check reports it.
+	cg := &cgroups.Cgroup{Path: "/", Resources: &cgroups.Resources{SkipDevices: true}}
+	m, err := fs.NewManager(cg, nil)
+	if err != nil {
+		return nil, fmt.Errorf("find cgroup v1 hierarchies: %w", err)
+	}
+	roots := maps.Clone(m.GetPaths())
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("find cgroup v1 hierarchies: none mounted")
+	}
+	return roots, nil
 }
 
 // optionalHierarchy tells the hierarchies that the v1 manager joins on a
