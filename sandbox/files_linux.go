@@ -8,8 +8,6 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"peapod/internal/atomicfile"
 )
 
 // Files prepared for the pod's containers, under the sandbox's runtime dir.
@@ -60,6 +58,9 @@ func hostsContent(hostname, ip string) []byte {
 }
 
 // writePodFiles writes hostname, resolv.conf and hosts for the containers.
+// They are written once, into the sandbox's new runtime dir, before the
+// sandbox is ready: no reader can see them half-written, and a daemon
+// that dies meanwhile rolls the sandbox back. So plain writes do.
 func writePodFiles(dir, hostname, ip string, dns *DNSConfig) error {
 	resolv, err := resolvConfContent(dns)
 	if err != nil {
@@ -71,11 +72,29 @@ func writePodFiles(dir, hostname, ip string, dns *DNSConfig) error {
 		hostsFile:    hostsContent(hostname, ip),
 	}
 	for name, content := range files {
-		if err := atomicfile.Replace(filepath.Join(dir, name), content, 0o644); err != nil {
+		if err := writeNewFile(filepath.Join(dir, name), content, 0o644); err != nil {
 			return fmt.Errorf("write pod %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// writeNewFile writes a file that must not exist yet, with mode perm
+// whatever the daemon's umask: the containers' users read these.
+func writeNewFile(path string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // mountShm mounts the pod's /dev/shm tmpfs.
