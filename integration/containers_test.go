@@ -97,7 +97,11 @@ func TestContainersOfAPodShareFilesNetworkAndLogs(t *testing.T) {
 	sid := d.createContainer(t, pod, podCfg, server)
 	d.startContainer(t, sid)
 
-	client := busyboxContainer("client", "sh", "-c", "echo from-client > /shared/written; for i in $(seq 100); do echo over-localhost | nc 127.0.0.1 7070 && exit 3; sleep 0.1; done; exit 9")
+	// The message comes from a file, not a pipe: busybox's nc half-closes
+	// on its stdin's EOF, so the server (stdin /dev/null) closes its side
+	// at once, and a client whose piped message was not written yet saw
+	// that EOF first and left without sending it.
+	client := busyboxContainer("client", "sh", "-c", "echo from-client > /shared/written; echo over-localhost > /shared/msg; for i in $(seq 100); do nc 127.0.0.1 7070 < /shared/msg && exit 3; sleep 0.1; done; exit 9")
 	client.Mounts = []*runtime.Mount{{HostPath: shared, ContainerPath: "/shared"}}
 	cid := d.createContainer(t, pod, podCfg, client)
 	d.startContainer(t, cid)

@@ -175,7 +175,7 @@ func TestRootlessContainers(t *testing.T) {
 	sid := d.createContainer(t, pod, podCfg, server)
 	d.startContainer(t, sid)
 
-	client := busyboxContainer("client", "sh", "-c", "id -u > /shared/uid; for i in $(seq 100); do echo over-localhost | nc 127.0.0.1 7070 && exit 3; sleep 0.1; done; exit 9")
+	client := busyboxContainer("client", "sh", "-c", "id -u > /shared/uid; echo over-localhost > /shared/msg; for i in $(seq 100); do nc 127.0.0.1 7070 < /shared/msg && exit 3; sleep 0.1; done; exit 9")
 	client.Mounts = []*runtime.Mount{{HostPath: shared, ContainerPath: "/shared"}}
 	client.Linux.SecurityContext = &runtime.LinuxContainerSecurityContext{RunAsUser: &runtime.Int64Value{Value: 1000}}
 	cid := d.createContainer(t, pod, podCfg, client)
