@@ -157,9 +157,20 @@ func TestStopContainerKillsAfterTimeoutWith137(t *testing.T) {
 	d, _, _ := containerDaemon(t)
 	podCfg := podConfig("stubborn")
 	pod := d.runPod(t, podCfg)
-	id := d.createContainer(t, pod, podCfg, busyboxContainer("ignorer", "sh", "-c", "trap '' TERM; while true; do sleep 1; done"))
+	id := d.createContainer(t, pod, podCfg, busyboxContainer("ignorer", "sh", "-c", "trap '' TERM; sleep 1357 & while true; do sleep 1; done"))
 	d.startContainer(t, id)
+	// A process an exec left behind, orphaned inside the container.
+	if _, err := d.RT.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: id, Cmd: []string{"sh", "-c", "sleep 2468 >/dev/null 2>&1 &"}, Timeout: 10}); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(300 * time.Millisecond)
+	leftovers := func() string {
+		out, _ := exec.Command("pgrep", "-af", "^sleep (1357|2468)$").Output()
+		return strings.TrimSpace(string(out))
+	}
+	if leftovers() == "" {
+		t.Fatal("the container's background processes are not running")
+	}
 	start := time.Now()
 	if _, err := d.RT.StopContainer(ctxT(t), &runtime.StopContainerRequest{ContainerId: id, Timeout: 2}); err != nil {
 		t.Fatal(err)
@@ -171,6 +182,9 @@ func TestStopContainerKillsAfterTimeoutWith137(t *testing.T) {
 	}
 	if took < 1900*time.Millisecond || took > 10*time.Second {
 		t.Errorf("stop took %v; want about the 2 s timeout", took)
+	}
+	if l := leftovers(); l != "" {
+		t.Errorf("processes of the stopped container still run:\n%s", l)
 	}
 	// Stop and remove again: idempotent; unknown ids too.
 	for i := 0; i < 2; i++ {

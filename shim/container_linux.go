@@ -310,8 +310,11 @@ func (c *container) signal(sig syscall.Signal, all bool) error {
 	if st.Status == StatusExited {
 		return nil
 	}
-	if !all {
-		// Through the reaper: never a process that reused the pid.
+	if !all || (sig == unix.SIGKILL && c.ownPIDNamespace()) {
+		// Through the reaper: never a process that reused the pid. The
+		// SIGKILL of the init of a PID namespace is the SIGKILL of all
+		// of it: the kernel kills every process in the namespace, and
+		// the init's exit comes once they are all gone. No helper then.
 		c.s.reaper.signal(st.Pid, sig)
 		return nil
 	}
@@ -323,6 +326,18 @@ func (c *container) signal(sig syscall.Signal, all bool) error {
 		return nil
 	}
 	return err
+}
+
+// ownPIDNamespace says whether the container's init is the init of a PID
+// namespace of its own (the CRI's CONTAINER mode, the default), not one
+// of the pod, the node or another container.
+func (c *container) ownPIDNamespace() bool {
+	for _, ns := range c.spec.Namespaces {
+		if ns.Type == specs.PIDNamespace {
+			return ns.Path == ""
+		}
+	}
+	return false
 }
 
 // stop sends the stop signal, waits up to timeout for the exit, then kills
