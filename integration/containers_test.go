@@ -153,11 +153,24 @@ func TestContainersOfAPodShareFilesNetworkAndLogs(t *testing.T) {
 	}
 }
 
+// TestStopContainerKillsAfterTimeoutWith137 stops a container that ignores
+// SIGTERM and has a background process and an exec's orphan: in a PID
+// namespace of its own (the kubelet's default: the SIGKILL of its init
+// takes the namespace), and in the pod's (every process of its cgroup is
+// killed).
 func TestStopContainerKillsAfterTimeoutWith137(t *testing.T) {
 	d, _, _ := containerDaemon(t)
-	podCfg := podConfig("stubborn")
+	for _, mode := range []runtime.NamespaceMode{runtime.NamespaceMode_CONTAINER, runtime.NamespaceMode_POD} {
+		t.Run(mode.String(), func(t *testing.T) { stopStubborn(t, d, mode) })
+	}
+}
+
+func stopStubborn(t *testing.T, d *daemon, pidMode runtime.NamespaceMode) {
+	podCfg := podConfig("stubborn-" + strings.ToLower(pidMode.String()))
 	pod := d.runPod(t, podCfg)
-	id := d.createContainer(t, pod, podCfg, busyboxContainer("ignorer", "sh", "-c", "trap '' TERM; sleep 1357 & while true; do sleep 1; done"))
+	ctr := busyboxContainer("ignorer", "sh", "-c", "trap '' TERM; sleep 1357 & while true; do sleep 1; done")
+	ctr.Linux.SecurityContext = &runtime.LinuxContainerSecurityContext{NamespaceOptions: &runtime.NamespaceOption{Pid: pidMode}}
+	id := d.createContainer(t, pod, podCfg, ctr)
 	d.startContainer(t, id)
 	// A process an exec left behind, orphaned inside the container.
 	if _, err := d.RT.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: id, Cmd: []string{"sh", "-c", "sleep 2468 >/dev/null 2>&1 &"}, Timeout: 10}); err != nil {
