@@ -205,10 +205,17 @@ func stopStubborn(t *testing.T, d *daemon, pidMode runtime.NamespaceMode) {
 			t.Errorf("second stop: %v", err)
 		}
 	}
+	_, v := d.status(t, pod)
+	if dirs := containerCgroupDirs(v.Cgroup.PodPath, id); len(dirs) == 0 {
+		t.Error("the stopped container's cgroup is gone before RemoveContainer")
+	}
 	for i := 0; i < 2; i++ {
 		if _, err := d.RT.RemoveContainer(ctxT(t), &runtime.RemoveContainerRequest{ContainerId: id}); err != nil {
 			t.Errorf("remove #%d: %v", i+1, err)
 		}
+	}
+	if dirs := containerCgroupDirs(v.Cgroup.PodPath, id); len(dirs) > 0 {
+		t.Errorf("the removed container's cgroup is left: %v", dirs)
 	}
 	d.stopRemove(t, pod)
 }

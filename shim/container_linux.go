@@ -379,8 +379,10 @@ func (c *container) destroy() error {
 	if c.snapshot().Status != StatusExited && !c.kill() {
 		return fmt.Errorf("container %s: processes did not exit after SIGKILL", c.id)
 	}
-	if _, err := c.s.runHelper(&lcRequest{Op: lcDelete, ID: c.id}, childStdio{}, nil); err != nil {
-		return err
+	if !c.s.destroyQuick(c.id) {
+		if _, err := c.s.runHelper(&lcRequest{Op: lcDelete, ID: c.id}, childStdio{}, nil); err != nil {
+			return err
+		}
 	}
 	c.pio.closeAll()
 	c.log.close()
