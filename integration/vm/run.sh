@@ -34,9 +34,9 @@ INTEGRATION=0
 [ -n "${VM_INTEGRATION:-}" ] && [ "${VM_INTEGRATION}" != 0 ] && INTEGRATION=1
 # What the VM is for beyond the unit tests: the systemd cgroup driver with
 # the real daemon (pods, containers in scopes, limits as unit properties),
-# UpdatePodSandboxResources, and CPU / memory stats and OOM kills read from
-# cgroup v2.
-INTEGRATION_SUBSET='^(TestSystemd|TestUpdatePodSandboxResources($|StoppedPod$)|TestStatsCPUBurnFollowsTheWallClock$|TestStatsMemoryWorkingSetGrowsBy64MiB$|TestStatsOOMKillsAreCounted$|TestContainersOfADeadShimAreSettled$)'
+# UpdatePodSandboxResources, CPU / memory stats and OOM kills read from
+# cgroup v2, and a container's kill and cgroup removal there.
+INTEGRATION_SUBSET='^(TestSystemd|TestUpdatePodSandboxResources($|StoppedPod$)|TestStatsCPUBurnFollowsTheWallClock$|TestStatsMemoryWorkingSetGrowsBy64MiB$|TestStatsOOMKillsAreCounted$|TestContainersOfADeadShimAreSettled$|TestStopContainerKillsAfterTimeoutWith137$)'
 if [ "$INTEGRATION" = 1 ]; then TIMEOUT=${VM_TIMEOUT:-3600}; else TIMEOUT=${VM_TIMEOUT:-1200}; fi
 MEM=${VM_MEM:-2048}
 GOCACHE_DIR=$CACHE/gocache
