@@ -23,7 +23,10 @@
 // (libcontainer re-executes the helper as `LC init`), replies with its pid
 // and exits. The process is re-parented to the shim, which reaps it and
 // the helpers. Start needs no helper: the shim reads the init's byte from
-// libcontainer's exec fifo itself. See helper_linux.go and
+// libcontainer's exec fifo itself. Nor does the SIGKILL of a container
+// in a PID namespace of its own (its init's takes the namespace), nor the
+// delete of one whose cgroups are cgroupfs directories (destroy_linux.go).
+// See helper_linux.go and
 // reaper_linux.go; deps_test.go keeps libcontainer and the cgroup code out
 // of the shim's package graph.
 //
