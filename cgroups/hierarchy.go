@@ -37,12 +37,16 @@ func hierarchyRoots(mode Mode) (map[string]string, error) {
 
 // v1Cache keeps the v1 hierarchy roots for hierarchyCacheTTL: finding
 // them reads mountinfo (about 0.15 ms), and each step of a pod's life
-// asks, several times in RunPodSandbox.
+// asks, several times in RunPodSandbox, as does every stats read.
 var v1Cache struct {
 	sync.Mutex
 	roots map[string]string
 	at    time.Time
 }
+
+// Mounts hardly ever change; the cached v1 roots are found again after
+// this long.
+const hierarchyCacheTTL = 30 * time.Second
 
 func findV1Roots() (map[string]string, error) {
 	// The v1 manager resolves every mounted hierarchy (including

@@ -327,50 +327,28 @@ func Unavailable() []string {
 	return out
 }
 
-// hierarchies is the cached set of hierarchy roots for stats.
+// hierarchies is the layout stats read: the host's mode and its hierarchy
+// roots (kept for a while by hierarchyRoots).
 type hierarchies struct {
-	mode    Mode
-	unified string // unifiedMountpoint the entry was made for
-	roots   map[string]string
-	at      time.Time
+	mode  Mode
+	roots map[string]string
 }
 
-// Mounts hardly ever change; a cached layout is refreshed after this long.
-const hierarchyCacheTTL = 30 * time.Second
-
-var (
-	hierMu    sync.Mutex
-	hierCache *hierarchies
-	// v1Roots finds the v1 hierarchies; tests point it at a fake tree.
-	v1Roots = func() (map[string]string, error) { return hierarchyRoots(ModeV1) }
-)
+// v1Roots finds the v1 hierarchies; tests point it at a fake tree.
+var v1Roots = func() (map[string]string, error) { return hierarchyRoots(ModeV1) }
 
 func statsHierarchies() (*hierarchies, error) {
-	mode := hostMode()
-	hierMu.Lock()
-	defer hierMu.Unlock()
-	if c := hierCache; c != nil && c.mode == mode && c.unified == unifiedMountpoint && time.Since(c.at) < hierarchyCacheTTL {
-		return c, nil
-	}
-	h := &hierarchies{mode: mode, unified: unifiedMountpoint, at: time.Now()}
-	if mode == ModeV2 {
+	h := &hierarchies{mode: hostMode()}
+	if h.mode == ModeV2 {
 		h.roots = map[string]string{"": unifiedMountpoint}
-	} else {
-		roots, err := v1Roots()
-		if err != nil {
-			return nil, err
-		}
-		h.roots = roots
+		return h, nil
 	}
-	hierCache = h
+	roots, err := v1Roots()
+	if err != nil {
+		return nil, err
+	}
+	h.roots = roots
 	return h, nil
-}
-
-// resetStatsCache drops the cached layout (tests that repoint the roots).
-func resetStatsCache() {
-	hierMu.Lock()
-	hierCache = nil
-	hierMu.Unlock()
 }
 
 // reader reads small cgroup files into one reused buffer; detail asks for

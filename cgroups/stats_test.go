@@ -45,8 +45,7 @@ func fakeV1(t *testing.T, controllers ...string) string {
 	oldRoots, oldMode := v1Roots, hostMode
 	v1Roots = func() (map[string]string, error) { return roots, nil }
 	hostMode = func() Mode { return ModeV1 }
-	resetStatsCache()
-	t.Cleanup(func() { v1Roots, hostMode = oldRoots, oldMode; resetStatsCache() })
+	t.Cleanup(func() { v1Roots, hostMode = oldRoots, oldMode })
 	return base
 }
 
@@ -54,8 +53,6 @@ func fakeV2(t *testing.T) string {
 	t.Helper()
 	root := t.TempDir()
 	fakeUnifiedRoot(t, root)
-	resetStatsCache()
-	t.Cleanup(resetStatsCache)
 	return root
 }
 
@@ -356,8 +353,6 @@ func BenchmarkReadStatsV1(b *testing.B) {
 // memory and pids are reported absent, not zero.
 func TestReadStatsRealCgroup2WithoutControllers(t *testing.T) {
 	mnts := useHybridCgroup2AsV2(t)
-	resetStatsCache()
-	t.Cleanup(resetStatsCache)
 	p := newTestPodCgroup(t, mnts)
 	fd, err := p.PauseCgroupFD()
 	if err != nil {
