@@ -1,7 +1,6 @@
 package shim
 
 import (
-	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
@@ -21,23 +20,11 @@ import (
 // directory that will not go (sub-cgroups the container made, no
 // permission); libcontainer then removes what is left.
 func (s *server) destroyQuick(id string) bool {
-	dir := filepath.Join(s.runcRoot, id)
-	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	st, err := readRuncState(s.runcRoot, id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return true // libcontainer too knows no such container: nothing to do
 	}
-	if err != nil {
-		return false
-	}
-	var st struct {
-		CgroupPaths map[string]string `json:"cgroup_paths"`
-		Config      struct {
-			Cgroups struct {
-				Systemd bool `json:"Systemd"`
-			} `json:"cgroups"`
-		} `json:"config"`
-	}
-	if json.Unmarshal(b, &st) != nil || st.Config.Cgroups.Systemd {
+	if err != nil || st.Config.Cgroups.Systemd {
 		return false
 	}
 	for _, p := range st.CgroupPaths {
@@ -45,7 +32,7 @@ func (s *server) destroyQuick(id string) bool {
 			return false
 		}
 	}
-	return os.RemoveAll(dir) == nil
+	return os.RemoveAll(filepath.Join(s.runcRoot, id)) == nil
 }
 
 // removeEmptyCgroup removes a cgroup directory that has no sub-cgroups.

@@ -26,6 +26,36 @@ func Gone(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist)
 }
 
+// runcState is what the shim reads of libcontainer's state.json of a
+// container under its libcontainer root: the init (pid and start time,
+// as libcontainer knows it) and the container's cgroups.
+type runcState struct {
+	Pid         int               `json:"init_process_pid"`
+	Start       uint64            `json:"init_process_start"`
+	CgroupPaths map[string]string `json:"cgroup_paths"`
+	Config      struct {
+		Cgroups struct {
+			Systemd bool `json:"Systemd"`
+		} `json:"cgroups"`
+	} `json:"config"`
+}
+
+// readRuncState reads container id's state under the libcontainer root
+// runcRoot; an error wrapping fs.ErrNotExist means libcontainer knows no
+// such container (never created, or destroyed).
+func readRuncState(runcRoot, id string) (*runcState, error) {
+	path := filepath.Join(runcRoot, id, "state.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var st runcState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &st, nil
+}
+
 // KillOrphanInit SIGKILLs the init of container id of the shim in dir, a
 // shim that is gone, if that init still runs, and waits for it to exit.
 // The init is known the way libcontainer knows it: by the pid and start
@@ -38,20 +68,12 @@ func KillOrphanInit(dir, id string) (bool, error) {
 	if !validID(id) {
 		return false, fmt.Errorf("%w: container id %q", ErrInvalid, id)
 	}
-	path := filepath.Join(dir, runcDirName, id, "state.json")
-	b, err := os.ReadFile(path)
+	st, err := readRuncState(filepath.Join(dir, runcDirName), id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil // never created, or destroyed
 	}
 	if err != nil {
 		return false, err
-	}
-	var st struct {
-		Pid   int    `json:"init_process_pid"`
-		Start uint64 `json:"init_process_start"`
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return false, fmt.Errorf("%s: %w", path, err)
 	}
 	if st.Pid <= 0 {
 		return false, nil
