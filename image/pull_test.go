@@ -1,6 +1,7 @@
 package image
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -356,5 +357,40 @@ func TestStalledDownloadIsAbandonedForTheNextHost(t *testing.T) {
 	withFallback := hostsDir(t, map[string]string{"slow.example": fmt.Sprintf("server = %q\n\n[host.%q]\n", "http://"+good.host, "http://"+stuck.host)})
 	if _, err := openStore(t, withFallback).Pull(ctxT(t), "slow.example/slow/app:1", nil); err != nil {
 		t.Fatalf("pull with a stalled mirror before a good server: %v", err)
+	}
+}
+
+// TestPullPastItsDeadlineSaysSo: the endpoints' errors keep their causes,
+// so a pull cut short by its caller's deadline or cancel says so (the CRI
+// answers DeadlineExceeded or Canceled, not Unknown), whichever step it
+// was in.
+func TestPullPastItsDeadlineSaysSo(t *testing.T) {
+	requireRoot(t)
+	reg := newTestRegistry()
+	good := reg.front(t, frontOpts{})
+	stuck := reg.front(t, frontOpts{stallBlobs: true})
+	reg.push(t, good, "slow/app:1", smallImage(t, "d"))
+	s := openStore(t, hostsDir(t, map[string]string{"slow.example": fmt.Sprintf("server = %q\n", "http://"+stuck.host)}))
+
+	ctx, cancel := context.WithTimeout(ctxT(t), 300*time.Millisecond)
+	defer cancel()
+	_, err := s.Pull(ctx, "slow.example/slow/app:1", nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("pull stalled in a blob past its deadline: %v, want it to wrap context.DeadlineExceeded", err)
+	}
+
+	ctx, cancel = context.WithCancel(ctxT(t))
+	time.AfterFunc(300*time.Millisecond, cancel)
+	_, err = s.Pull(ctx, "slow.example/slow/app:1", nil)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("pull stalled in a blob, then cancelled: %v, want it to wrap context.Canceled", err)
+	}
+
+	ctx, cancel = context.WithTimeout(ctxT(t), time.Nanosecond)
+	defer cancel()
+	<-ctx.Done()
+	_, err = s.Pull(ctx, "slow.example/slow/app:2", nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("pull whose deadline passed before the manifest: %v, want it to wrap context.DeadlineExceeded", err)
 	}
 }

@@ -137,7 +137,7 @@ func (c *registryClient) resolve(ctx context.Context) (v1.Descriptor, []byte, er
 	if c.ref.digest != "" {
 		return c.manifest(ctx, c.ref.digest)
 	}
-	var errs []string
+	var errs hostErrors
 	for i := range c.hosts {
 		if c.hosts[i].caps&capResolve == 0 {
 			continue
@@ -154,7 +154,7 @@ func (c *registryClient) resolve(ctx context.Context) (v1.Descriptor, []byte, er
 				}
 			}
 		}
-		errs = append(errs, fmt.Sprintf("%s: %v", c.hosts[i].String(), explainRegistryError(err)))
+		errs = append(errs, fmt.Errorf("%s: %w", c.hosts[i].String(), explainRegistryError(err)))
 		if ctx.Err() != nil {
 			break
 		}
@@ -162,13 +162,13 @@ func (c *registryClient) resolve(ctx context.Context) (v1.Descriptor, []byte, er
 	if len(errs) == 0 {
 		return v1.Descriptor{}, nil, fmt.Errorf("no registry host may resolve tags of %s (capabilities in hosts.toml)", c.ref.domain)
 	}
-	return v1.Descriptor{}, nil, fmt.Errorf("resolve %s: %s", c.ref, strings.Join(errs, "; "))
+	return v1.Descriptor{}, nil, fmt.Errorf("resolve %s: %w", c.ref, errs)
 }
 
 // manifest fetches a manifest or index by digest; go-containerregistry
 // checks the bytes against the digest.
 func (c *registryClient) manifest(ctx context.Context, digest string) (v1.Descriptor, []byte, error) {
-	var errs []string
+	var errs hostErrors
 	for i := range c.hosts {
 		if c.hosts[i].caps&capPull == 0 {
 			continue
@@ -185,7 +185,7 @@ func (c *registryClient) manifest(ctx context.Context, digest string) (v1.Descri
 				}
 			}
 		}
-		errs = append(errs, fmt.Sprintf("%s: %v", c.hosts[i].String(), explainRegistryError(err)))
+		errs = append(errs, fmt.Errorf("%s: %w", c.hosts[i].String(), explainRegistryError(err)))
 		if ctx.Err() != nil {
 			break
 		}
@@ -193,13 +193,13 @@ func (c *registryClient) manifest(ctx context.Context, digest string) (v1.Descri
 	if len(errs) == 0 {
 		return v1.Descriptor{}, nil, fmt.Errorf("no registry host may pull from %s (capabilities in hosts.toml)", c.ref.domain)
 	}
-	return v1.Descriptor{}, nil, fmt.Errorf("fetch manifest %s@%s: %s", c.ref.repo(), digest, strings.Join(errs, "; "))
+	return v1.Descriptor{}, nil, fmt.Errorf("fetch manifest %s@%s: %w", c.ref.repo(), digest, errs)
 }
 
 // blob runs use on the content of a blob from each pull endpoint in turn
 // until one succeeds; use must verify what it reads.
 func (c *registryClient) blob(ctx context.Context, digest v1.Hash, use func(io.Reader) error) error {
-	var errs []string
+	var errs hostErrors
 	for i := range c.hosts {
 		if c.hosts[i].caps&capPull == 0 {
 			continue
@@ -208,7 +208,7 @@ func (c *registryClient) blob(ctx context.Context, digest v1.Hash, use func(io.R
 		if err == nil {
 			return nil
 		}
-		errs = append(errs, fmt.Sprintf("%s: %v", c.hosts[i].String(), explainRegistryError(err)))
+		errs = append(errs, fmt.Errorf("%s: %w", c.hosts[i].String(), explainRegistryError(err)))
 		if ctx.Err() != nil {
 			break
 		}
@@ -216,7 +216,7 @@ func (c *registryClient) blob(ctx context.Context, digest v1.Hash, use func(io.R
 	if len(errs) == 0 {
 		return fmt.Errorf("no registry host may pull from %s (capabilities in hosts.toml)", c.ref.domain)
 	}
-	return fmt.Errorf("fetch blob %s@%s: %s", c.ref.repo(), digest, strings.Join(errs, "; "))
+	return fmt.Errorf("fetch blob %s@%s: %w", c.ref.repo(), digest, errs)
 }
 
 // pullStallTimeout aborts a blob download that receives nothing for this
@@ -298,6 +298,21 @@ func manifestMediaType(mt types.MediaType, b []byte) types.MediaType {
 	}
 	return mt
 }
+
+// hostErrors are the failures of each registry endpoint tried, in one
+// line; they keep their causes, so that a caller still tells a deadline
+// or a cancel (gRPC DeadlineExceeded, Canceled) from a registry's refusal.
+type hostErrors []error
+
+func (e hostErrors) Error() string {
+	parts := make([]string, len(e))
+	for i, err := range e {
+		parts[i] = err.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (e hostErrors) Unwrap() []error { return e }
 
 // explainRegistryError adds what an operator should do to the errors a
 // registry answers with.
