@@ -119,7 +119,21 @@ func startDaemon(t testing.TB, opts ...daemonOpt) *daemon {
 		if d.conn != nil {
 			parent = d.cgroupParent(t)
 		}
+		running := d.cmd != nil
 		d.stop()
+		// A daemon that stops deletes its spare network attachment.
+		if running {
+			if left, _ := os.ReadDir(filepath.Join(d.State, "spares")); len(left) > 0 {
+				t.Errorf("spare network attachment left after shutdown: %v", left)
+			}
+		}
+		// Whatever a failed test left mounted (a killed daemon's pins)
+		// must not outlive it on the host.
+		if d.user == nil {
+			for _, m := range d.mountsUnder(t, base) {
+				_ = exec.Command("umount", "-l", m).Run()
+			}
+		}
 		// A daemon that stops with no pods leaves no cgroup parent, and
 		// no masquerade rule of its network.
 		if parent != "" {
@@ -376,9 +390,14 @@ type hostSnapshot map[string][]string
 
 // snapshot records links, qdiscs, mounts, cgroups, processes and iptables
 // rules that belong to this instance (or could, for links and qdiscs).
+//
+// The instance's spare network attachment (sandbox/spare.go) is no pod's
+// and comes and goes with the daemon, so its veth, pin and address are
+// left out (spareObjects).
 func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 	t.Helper()
 	s := hostSnapshot{}
+	spare := d.spareObjects(t)
 	// Links and qdiscs of this instance: veths enslaved to its bridge and
 	// IFBs named with its tag. (Scoped, because other peapods may run on
 	// the host at the same time.)
@@ -391,7 +410,7 @@ func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 		}
 		name := strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]
 		ours := strings.HasPrefix(name, "pp"+tag) || (strings.HasPrefix(name, "veth") && strings.Contains(l, " master "+d.Bridge+" "))
-		if ours {
+		if ours && !spare[name] {
 			links = append(links, name)
 		}
 	}
@@ -407,7 +426,9 @@ func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 	for _, l := range strings.Split(d.mountinfo(t), "\n") {
 		if strings.Contains(l, d.State) || strings.Contains(l, d.Root) {
 			f := strings.Fields(l)
-			s["mount"] = append(s["mount"], f[4])
+			if !strings.HasPrefix(f[4], filepath.Join(d.State, "spares")+"/") {
+				s["mount"] = append(s["mount"], f[4])
+			}
 		}
 	}
 	// Cgroup dirs under the instance's default parent, in every hierarchy.
@@ -440,11 +461,66 @@ func (d *daemon) snapshot(t testing.TB) hostSnapshot {
 	}
 	// host-local allocations.
 	ips, _ := filepath.Glob(filepath.Join(d.Root, "cni", "networks", "*", "*.*.*.*"))
-	s["ipam"] = ips
+	for _, ip := range ips {
+		if !spare[filepath.Base(ip)] {
+			s["ipam"] = append(s["ipam"], ip)
+		}
+	}
 	for _, v := range s {
 		sort.Strings(v)
 	}
 	return s
+}
+
+// spareObjects names the host veths and the addresses of the instance's
+// spare network attachments, once every spare in the making is attached
+// (its record comes before its veth, its result after).
+func (d *daemon) spareObjects(t testing.TB) map[string]bool {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		names, settled := map[string]bool{}, true
+		files, _ := filepath.Glob(filepath.Join(d.State, "spares", "*", "spare.json"))
+		for _, f := range files {
+			var r struct {
+				Attached bool `json:"attached"`
+				Network  struct {
+					Result struct {
+						Interfaces []struct {
+							Name    string `json:"name"`
+							Sandbox string `json:"sandbox"`
+						} `json:"interfaces"`
+						IPs []struct {
+							Address string `json:"address"`
+						} `json:"ips"`
+					} `json:"result"`
+				} `json:"network"`
+			}
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue // just taken or deleted
+			}
+			if json.Unmarshal(b, &r) != nil || !r.Attached {
+				settled = false
+				break
+			}
+			for _, i := range r.Network.Result.Interfaces {
+				if i.Sandbox == "" {
+					names[i.Name] = true
+				}
+			}
+			for _, ip := range r.Network.Result.IPs {
+				names[strings.SplitN(ip.Address, "/", 2)[0]] = true
+			}
+		}
+		if settled {
+			return names
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a spare network attachment of the instance is still being made after 10s: %v", files)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // instanceTag reads the instance's tag from Status.

@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -239,6 +240,37 @@ type Attachment struct {
 	Embedded    bool            `json:"embedded,omitempty"`
 	LoopbackUp  bool            `json:"loopbackUp,omitempty"` // lo was set up by the loopback plugin (peapod before 2026-11-27), so DEL runs it
 	LastDelFail string          `json:"lastDelFailure,omitempty"`
+	// CNIID is the container ID the plugins know the attachment by, when
+	// it is not the sandbox's id: a spare attachment made ahead of its pod
+	// (sandbox/spare.go) keeps the id it was made with.
+	CNIID string `json:"cniId,omitempty"`
+}
+
+// cniID is the container ID of the attachment for the plugins.
+func (att *Attachment) cniID(sandboxID string) string {
+	if att.CNIID != "" {
+		return att.CNIID
+	}
+	return sandboxID
+}
+
+// ContainerID is the container ID the plugins know the attachment by
+// (CNI GC's valid attachments).
+func (att *Attachment) ContainerID(sandboxID string) string { return att.cniID(sandboxID) }
+
+// SpareFits says whether a spare attachment made for no pod in particular
+// can serve as att: the same embedded network configuration and interface,
+// and nothing pod-specific that a plugin of it would see (host ports, a
+// plugin that reads the pod's cgroup).
+func (att *Attachment) SpareFits(spare *Attachment) bool {
+	if !att.Embedded || !spare.Embedded || att.Network != spare.Network || att.IfName != spare.IfName {
+		return false
+	}
+	if !bytes.Equal(att.ConfList, spare.ConfList) || att.UsesCgroup() {
+		return false
+	}
+	_, ports := att.CapArgs["portMappings"]
+	return !ports
 }
 
 // PodIfName is the pod's interface inside its netns.
@@ -320,6 +352,7 @@ func loopbackList() *libcni.NetworkConfigList {
 // Attach runs CNI ADD for the loopback and the pod network and fills in the
 // result and IPs. On error the partial attachment is deleted again.
 func (n *Network) Attach(ctx context.Context, att *Attachment, id, netnsPath string) (err error) {
+	id = att.cniID(id)
 	list, err := libcni.ConfListFromBytes(att.ConfList)
 	if err != nil {
 		return fmt.Errorf("CNI config of %s: %w", att.Network, err)
@@ -364,6 +397,7 @@ func (n *Network) Attach(ctx context.Context, att *Attachment, id, netnsPath str
 // namespace is already gone; the plugins then clean up the host side from
 // the cached result. It is safe to call more than once.
 func (n *Network) Detach(ctx context.Context, att *Attachment, id, netnsPath string) error {
+	id = att.cniID(id)
 	list, err := libcni.ConfListFromBytes(att.ConfList)
 	if err != nil {
 		return fmt.Errorf("CNI config of %s: %w", att.Network, err)

@@ -103,3 +103,55 @@ func TestUsesCgroup(t *testing.T) {
 		t.Error("the embedded network asks for the pod cgroup during ADD")
 	}
 }
+
+func TestSpareFits(t *testing.T) {
+	n, err := NewNetwork(NetworkConfig{ConfDir: t.TempDir(), DefaultName: "fit", DefaultBridge: "fit0", DefaultSubnet: "10.123.0.0/24", IPAMDataDir: t.TempDir(), CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prep := func(req AttachRequest) *Attachment {
+		t.Helper()
+		a, err := n.Prepare(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	spare := prep(AttachRequest{SandboxID: "peapod-spare-x"})
+	if !spare.SpareFits(spare) {
+		t.Fatal("a spare of the embedded network does not fit itself")
+	}
+	plain := prep(AttachRequest{SandboxID: "p", PodName: "a", PodNamespace: "b", PodUID: "c", CgroupPath: "/kubepods/p", Annotations: map[string]string{"k": "v"}})
+	if !plain.SpareFits(spare) {
+		t.Error("a pod without host ports does not take the spare: pod names, cgroup path and annotations reach no embedded plugin")
+	}
+	ports := prep(AttachRequest{SandboxID: "p", PortMappings: []PortMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}}})
+	if ports.SpareFits(spare) {
+		t.Error("a pod with host ports takes the spare; portmap never saw its ports")
+	}
+	other := *plain
+	other.ConfList = []byte(`{"cniVersion":"1.1.0","name":"fit","plugins":[{"type":"bridge","bridge":"other0"}]}`)
+	if other.SpareFits(spare) {
+		t.Error("a spare made for another configuration fits")
+	}
+	custom := *plain
+	custom.Embedded = false
+	if custom.SpareFits(spare) {
+		t.Error("a pod of a configured (not embedded) network takes the spare")
+	}
+	cg := *plain
+	cg.ConfList = []byte(`{"cniVersion":"1.1.0","name":"fit","plugins":[{"type":"bridge","capabilities":{"cgroupPath":true}}]}`)
+	cgSpare := *spare
+	cgSpare.ConfList = cg.ConfList
+	if cg.SpareFits(&cgSpare) {
+		t.Error("a pod whose plugin reads its cgroup takes a spare attached without it")
+	}
+	if plain.ContainerID("sb") != "sb" {
+		t.Errorf("ContainerID of a pod's own attachment: %q", plain.ContainerID("sb"))
+	}
+	taken := *spare
+	taken.CNIID = "peapod-spare-x"
+	if taken.ContainerID("sb") != "peapod-spare-x" {
+		t.Errorf("ContainerID of a taken spare: %q, want the spare's id", taken.ContainerID("sb"))
+	}
+}

@@ -204,6 +204,20 @@ func NewNetNS(dir string) (string, error) {
 	return target, nil
 }
 
+// AdoptNetNS pins the network namespace pinned at src again at dir/net,
+// for a pod that takes over a namespace made ahead of it. The caller
+// unpins src.
+func AdoptNetNS(src, dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("adopt network namespace: %w", err)
+	}
+	target := filepath.Join(dir, string(Net))
+	if err := pinOne(Net, src, target); err != nil {
+		return "", err
+	}
+	return target, nil
+}
+
 // InNet runs fn on a thread that joined the network namespace at path, so
 // that a process fn starts is born in it. The thread then goes back to its
 // own namespace; if it cannot, it stays locked to the calling goroutine and

@@ -43,7 +43,10 @@ type Config struct {
 	// Ports publishes hostPorts in user space (rootless); nil when CNI
 	// portmap does it (root).
 	Ports PortPublisher
-	Log   *slog.Logger
+	// NetworkSpare keeps a network namespace attached to the embedded
+	// network ahead of the next pod (spare.go).
+	NetworkSpare bool
+	Log          *slog.Logger
 }
 
 // Errors the cri package maps to gRPC codes.
@@ -70,6 +73,7 @@ type Manager struct {
 	ct     *containerTable
 
 	events eventHub
+	spares spares
 	// bg ends with Close: background work such as exit watchers.
 	bg       context.Context
 	bgCancel context.CancelFunc
@@ -129,12 +133,14 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m.settleOrphansAtStart(ctx)
 	m.watchRunningContainers()
 	go m.retryLoop()
+	m.refillSpare()
 	return m, nil
 }
 
 // Close stops background work and syncs the records still queued. Pods
 // keep running.
 func (m *Manager) Close() {
+	m.closeSpares()
 	m.bgCancel()
 	defer m.store.syncer.Close()
 	select {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"peapod/netns"
 )
@@ -118,9 +119,10 @@ func (m *Manager) recover(ctx context.Context) error {
 	var attached []string
 	for id, e := range m.sandboxes {
 		if e.rec.Network != nil {
-			attached = append(attached, id)
+			attached = append(attached, e.rec.Network.ContainerID(id))
 		}
 	}
+	m.recoverSpares(ctx, func(cniID string) bool { return slices.Contains(attached, cniID) })
 	if err := m.cfg.Network.GarbageCollect(ctx, attached); err != nil {
 		m.log.Warn("CNI garbage collection", "err", err)
 	}

@@ -53,6 +53,8 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (string, error) {
 	defer e.op.Unlock()
 
 	err := m.create(context.WithoutCancel(ctx), e, rec)
+	// The next pod's spare is made now that this one is done with the CPU.
+	m.refillSpare()
 	if err != nil {
 		m.log.Warn("run pod sandbox failed; rolled back", "sandbox", id, "pod", spec.Namespace+"/"+spec.Name, "err", err)
 		e.err = err
@@ -110,22 +112,38 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	if err := os.MkdirAll(rec.Dir, 0o711); err != nil {
 		return fmt.Errorf("sandbox dir: %w", err)
 	}
+	//
+	// A pod that the spare attachment fits takes it over instead, with
+	// its namespace (spare.go); the ADD is done then.
 	netPath := ""
+	var spare *spareNet
 	if rec.Spec.NetworkMode != ModeNode {
-		p, err := netns.NewNetNS(filepath.Join(rec.Dir, nsDir))
-		if err != nil {
-			return err
-		}
-		netPath = p
-		rec.Namespaces = netns.PinnedNamespaces{netns.Net: p}
 		if err := m.prepareNetwork(rec); err != nil {
 			return err
 		}
+		if spare = m.takeSpare(rec); spare != nil {
+			netPath = rec.Namespaces[netns.Net]
+		} else {
+			p, err := netns.NewNetNS(filepath.Join(rec.Dir, nsDir))
+			if err != nil {
+				return err
+			}
+			netPath = p
+			rec.Namespaces = netns.PinnedNamespaces{netns.Net: p}
+		}
 	}
-	if err := m.persistWith(e, rec, m.store.saveVolatile); err != nil {
+	err = m.persistWith(e, rec, m.store.saveVolatile)
+	if spare != nil {
+		// The spare's own record and pin go either way: the sandbox's
+		// record names the attachment now, or its teardown detaches it.
+		m.releaseSpare(spare)
+		st.mark("spare")
+	} else {
+		st.mark("netns")
+	}
+	if err != nil {
 		return err
 	}
-	st.mark("netns")
 	cgroupMade := false
 	if rec.Network != nil && rec.Network.UsesCgroup() {
 		if err := m.makePodCgroup(rec); err != nil {
@@ -145,7 +163,7 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if netPath != "" {
-			netTook = timed(func() { netErr = m.attachNetwork(ctx, e, rec) })
+			netTook = timed(func() { netErr = m.attachNetwork(ctx, e, rec, spare == nil) })
 		}
 	})
 	wg.Go(func() {
@@ -417,13 +435,17 @@ func (m *Manager) prepareNetwork(rec *Sandbox) error {
 	return nil
 }
 
-func (m *Manager) attachNetwork(ctx context.Context, e *entry, rec *Sandbox) error {
+// attachNetwork runs the CNI ADD (unless the attachment is a spare's,
+// made already) and shapes the pod's bandwidth.
+func (m *Manager) attachNetwork(ctx context.Context, e *entry, rec *Sandbox, add bool) error {
 	netnsPath := rec.Namespaces[netns.Net]
 	att := rec.Network
-	actx, cancel := context.WithTimeout(ctx, m.cfg.NetworkTimeout)
-	defer cancel()
-	if err := m.cfg.Network.Attach(actx, att, rec.ID, netnsPath); err != nil {
-		return err
+	if add {
+		actx, cancel := context.WithTimeout(ctx, m.cfg.NetworkTimeout)
+		defer cancel()
+		if err := m.cfg.Network.Attach(actx, att, rec.ID, netnsPath); err != nil {
+			return err
+		}
 	}
 	if !rec.Spec.Bandwidth.Shaped() {
 		return nil

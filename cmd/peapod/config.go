@@ -57,6 +57,9 @@ type cniConfig struct {
 	Timeout     duration `toml:"timeout"`
 	// DelRetryInterval is how often a failed CNI DEL is tried again.
 	DelRetryInterval duration `toml:"del_retry_interval"`
+	// Spare keeps one network namespace attached to the embedded network
+	// ahead of the next pod.
+	Spare bool `toml:"spare"`
 }
 
 type duration struct{ time.Duration }
@@ -95,6 +98,7 @@ func defaultConfig() (config, error) {
 			Timeout:     duration{60 * time.Second},
 
 			DelRetryInterval: duration{30 * time.Second},
+			Spare:            true,
 		},
 		Rootless:       rootlessConfig{Net: rootless.NetAuto},
 		mode:           rootless.Detect(),

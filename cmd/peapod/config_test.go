@@ -19,6 +19,7 @@ bridge = "ppa0"
 subnet = "10.77.0.0/16"
 bin_dirs = ["/x", "/y"]
 timeout = "5s"
+spare = false
 `), 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -30,7 +31,7 @@ timeout = "5s"
 	if cfg.Socket != "/run/pp-a/peapod.sock" || cfg.Root != "/var/lib/pp-b" || cfg.CNI.Bridge != "ppa0" || cfg.CNI.Subnet != "10.77.0.0/16" {
 		t.Errorf("config: %+v", cfg)
 	}
-	if strings.Join(cfg.CNI.BinDirs, ":") != "/p:/q" || cfg.CNI.Timeout.Duration != 5*time.Second || cfg.LogLevel != "debug" {
+	if strings.Join(cfg.CNI.BinDirs, ":") != "/p:/q" || cfg.CNI.Timeout.Duration != 5*time.Second || cfg.LogLevel != "debug" || cfg.CNI.Spare {
 		t.Errorf("cni: %+v", cfg.CNI)
 	}
 	if cfg.cgroupParent() != "/peapod-"+cfg.instanceTag() {
@@ -48,6 +49,9 @@ func TestDefaultsMatchTheCLIContract(t *testing.T) {
 	}
 	if cfg.cgroupParent() != "/peapod" {
 		t.Errorf("default cgroup parent %s", cfg.cgroupParent())
+	}
+	if !cfg.CNI.Spare {
+		t.Error("the spare network attachment is off by default")
 	}
 }
 

@@ -96,6 +96,7 @@ func parseConfig(name string, args []string) (*config, error) {
 	fs.StringVar(&cfg.CNI.Subnet, "pod-subnet", cfg.CNI.Subnet, "pod subnet of the embedded default network")
 	fs.DurationVar(&cfg.CNI.Timeout.Duration, "cni-timeout", cfg.CNI.Timeout.Duration, "bound on one CNI ADD or DEL")
 	fs.DurationVar(&cfg.CNI.DelRetryInterval.Duration, "cni-del-retry-interval", cfg.CNI.DelRetryInterval.Duration, "how often a failed CNI DEL is retried")
+	fs.BoolVar(&cfg.CNI.Spare, "network-spare", cfg.CNI.Spare, "keep one network namespace attached to the embedded network ahead of the next pod, which takes it over (the CNI ADD off its start)")
 	fs.StringVar(&cfg.Rootless.Net, "rootless-net", cfg.Rootless.Net, "rootless: outbound network helper (auto, slirp4netns or pasta)")
 	fs.BoolVar(&cfg.Rootless.HostLoopback, "rootless-host-loopback", cfg.Rootless.HostLoopback, "rootless: let the daemon and pods reach the host's 127.0.0.1 at the gateway address (10.0.2.2)")
 	if err := fs.Parse(args); err != nil {
@@ -314,6 +315,7 @@ func serve(args []string) error {
 		Network:             network,
 		NetworkTimeout:      cfg.CNI.Timeout.Duration,
 		RetryInterval:       cfg.CNI.DelRetryInterval.Duration,
+		NetworkSpare:        cfg.CNI.Spare,
 		Log:                 log,
 		Ports:               ports,
 	})
