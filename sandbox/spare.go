@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"peapod/internal/atomicfile"
 	"peapod/netns"
@@ -44,6 +47,8 @@ const (
 	spareIDPrefix = "peapod-spare-"
 	// spareMaxBackoff bounds the wait after a spare could not be made.
 	spareMaxBackoff = time.Minute
+	// spareNice is the nice value the plugins that make a spare run with.
+	spareNice = 10
 )
 
 // spareRecord is the file of a spare.
@@ -90,6 +95,13 @@ func (m *Manager) refillSpare() {
 	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
+		// The plugins run at a lower priority than the pods' work: the
+		// spare is made while the pod that took the last one creates its
+		// containers, on the CPU that work leaves. They inherit the nice
+		// value of the thread that starts them, this one, which is never
+		// unlocked and so ends with this goroutine.
+		runtime.LockOSThread()
+		_ = unix.Setpriority(unix.PRIO_PROCESS, 0, spareNice)
 		sp, err := m.makeSpare(m.background())
 		s.mu.Lock()
 		s.making = false
