@@ -480,44 +480,16 @@ func (d *daemon) spareObjects(t testing.TB) map[string]bool {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		names, settled := map[string]bool{}, true
-		files, _ := filepath.Glob(filepath.Join(d.State, "spares", "*", "spare.json"))
-		for _, f := range files {
-			var r struct {
-				Attached bool `json:"attached"`
-				Network  struct {
-					Result struct {
-						Interfaces []struct {
-							Name    string `json:"name"`
-							Sandbox string `json:"sandbox"`
-						} `json:"interfaces"`
-						IPs []struct {
-							Address string `json:"address"`
-						} `json:"ips"`
-					} `json:"result"`
-				} `json:"network"`
-			}
-			b, err := os.ReadFile(f)
-			if err != nil {
-				continue // just taken or deleted
-			}
-			if json.Unmarshal(b, &r) != nil || !r.Attached {
-				settled = false
-				break
-			}
-			for _, i := range r.Network.Result.Interfaces {
-				if i.Sandbox == "" {
-					names[i.Name] = true
-				}
-			}
-			for _, ip := range r.Network.Result.IPs {
-				names[strings.SplitN(ip.Address, "/", 2)[0]] = true
-			}
+		for _, s := range d.spareRecords(t) {
+			settled = settled && s.attached
+			names[s.veth], names[s.ip] = true, true
 		}
 		if settled {
+			delete(names, "")
 			return names
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("a spare network attachment of the instance is still being made after 10s: %v", files)
+			t.Fatalf("a spare network attachment of the instance is still being made after 10s")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

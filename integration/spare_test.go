@@ -22,17 +22,19 @@ import (
 // spareInfo is one spare, from its record.
 type spareInfo struct {
 	id, veth, ip string
+	attached     bool
 }
 
-// spares reads the instance's spare records that are attached.
-func (d *daemon) spares(t testing.TB) []spareInfo {
+// spareRecords reads the instance's spare records, attached or still
+// being made.
+func (d *daemon) spareRecords(t testing.TB) []spareInfo {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(d.State, "spares", "*", "spare.json"))
 	var out []spareInfo
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			continue
+			continue // just taken or deleted
 		}
 		var r struct {
 			ID       string `json:"id"`
@@ -50,13 +52,14 @@ func (d *daemon) spares(t testing.TB) []spareInfo {
 				} `json:"result"`
 			} `json:"network"`
 		}
-		if json.Unmarshal(b, &r) != nil || !r.Attached {
+		if json.Unmarshal(b, &r) != nil {
+			out = append(out, spareInfo{}) // half-written: not attached
 			continue
 		}
-		if r.Network.CNIID != r.ID {
+		if r.Attached && r.Network.CNIID != r.ID {
 			t.Errorf("spare %s is attached as %q", r.ID, r.Network.CNIID)
 		}
-		s := spareInfo{id: r.ID}
+		s := spareInfo{id: r.ID, attached: r.Attached}
 		for _, i := range r.Network.Result.Interfaces {
 			if i.Sandbox == "" && strings.HasPrefix(i.Name, "veth") {
 				s.veth = i.Name
@@ -66,6 +69,18 @@ func (d *daemon) spares(t testing.TB) []spareInfo {
 			s.ip = strings.SplitN(r.Network.Result.IPs[0].Address, "/", 2)[0]
 		}
 		out = append(out, s)
+	}
+	return out
+}
+
+// spares is the instance's attached spares.
+func (d *daemon) spares(t testing.TB) []spareInfo {
+	t.Helper()
+	var out []spareInfo
+	for _, s := range d.spareRecords(t) {
+		if s.attached {
+			out = append(out, s)
+		}
 	}
 	return out
 }
@@ -114,6 +129,18 @@ func (d *daemon) allocated() []string {
 	}
 	sort.Strings(ips)
 	return ips
+}
+
+// assertOnlySpareLeft checks that, with no pod, the network holds the
+// spare's veth and address and nothing else.
+func (d *daemon) assertOnlySpareLeft(t testing.TB, sp spareInfo) {
+	t.Helper()
+	if v := d.bridgeVeths(t); !slices.Equal(v, []string{sp.veth}) {
+		t.Errorf("veths with no pod: %v, want only the spare's [%s]", v, sp.veth)
+	}
+	if a := d.allocated(); !slices.Equal(a, []string{sp.ip}) {
+		t.Errorf("addresses with no pod: %v, want only the spare's [%s]", a, sp.ip)
+	}
 }
 
 // assertStoppedClean checks what a daemon that stopped with no pods must
@@ -210,12 +237,7 @@ func TestPodTakesOverTheSpareAttachment(t *testing.T) {
 	// The pod's CNI DEL (under the spare's id) removes its veth and
 	// address; the new spare stays.
 	d.stopRemove(t, id)
-	if v := d.bridgeVeths(t); !slices.Equal(v, []string{sp2.veth}) {
-		t.Errorf("veths after the pod's removal: %v, want only the spare's [%s]", v, sp2.veth)
-	}
-	if a := d.allocated(); !slices.Equal(a, []string{sp2.ip}) {
-		t.Errorf("addresses after the pod's removal: %v, want only the spare's [%s]", a, sp2.ip)
-	}
+	d.assertOnlySpareLeft(t, sp2)
 	d.stop()
 	d.assertStoppedClean(t)
 }
@@ -247,9 +269,7 @@ func TestSpareOfAKilledDaemonIsDeletedAtRestart(t *testing.T) {
 	}
 	sp3 := d.waitSpare(t, sp2.id)
 	d.stopRemove(t, id)
-	if v := d.bridgeVeths(t); !slices.Equal(v, []string{sp3.veth}) {
-		t.Errorf("veths after the pod's removal: %v, want only the new spare's [%s]", v, sp3.veth)
-	}
+	d.assertOnlySpareLeft(t, sp3)
 	d.stop()
 	d.assertStoppedClean(t)
 }
