@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -25,5 +27,18 @@ func TestVersionAndCheckCommands(t *testing.T) {
 	out, err = exec.Command(peapodBin, "serve", "--socket", "relative.sock").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "absolute") {
 		t.Errorf("serve with a relative socket: %v\n%s", err, out)
+	}
+}
+
+// TestCheckCreatesNothing: `peapod check` is a diagnosis; run on a root
+// that does not exist, it leaves it so.
+func TestCheckCreatesNothing(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "root")
+	state := filepath.Join(t.TempDir(), "state")
+	out, _ := exec.Command(peapodBin, "check", "--root", root, "--state", state, "--cni-bin-dir", cniBinDir).CombinedOutput()
+	for _, d := range []string{root, state} {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("peapod check made %s; output:\n%s", d, out)
+		}
 	}
 }

@@ -73,9 +73,9 @@ func NewNetwork(cfg NetworkConfig) (*Network, error) {
 	if _, _, err := net.ParseCIDR(cfg.DefaultSubnet); err != nil {
 		return nil, fmt.Errorf("pod subnet %q: %w", cfg.DefaultSubnet, err)
 	}
-	if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
-		return nil, fmt.Errorf("CNI cache dir: %w", err)
-	}
+	// The cache dir is made by the first ADD (libcni) or restoreCache,
+	// not here: `peapod check` loads the network too and must leave the
+	// host as it found it.
 	n := &Network{cfg: cfg, cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, nil)}
 	n.reload()
 	return n, nil
