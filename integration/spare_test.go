@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -303,4 +304,49 @@ func TestNoSpareWhenTurnedOff(t *testing.T) {
 		t.Errorf("veths with one pod and no spare: %v", v)
 	}
 	d.stopRemove(t, id)
+}
+
+// TestSpareOfAnEarlierNetworkIsDeleted: a network config dropped into the
+// conf dir while the daemon runs replaces the embedded network; the spare
+// made for the embedded one must not serve the next pod, and goes.
+func TestSpareOfAnEarlierNetworkIsDeleted(t *testing.T) {
+	d := startDaemon(t)
+	sp := d.waitSpare(t)
+	// The same bridge and subnet (one gateway address), its own range.
+	prefix := strings.TrimSuffix(d.Subnet, "0/24")
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"other-%s","plugins":[{"type":"bridge","bridge":"%s","isGateway":true,"ipam":{"type":"host-local","dataDir":"%s","ranges":[[{"subnet":"%s","rangeStart":"%s200","rangeEnd":"%s250"}]]}}]}`,
+		d.Bridge, d.Bridge, filepath.Join(d.Root, "cni", "networks"), d.Subnet, prefix, prefix)
+	confFile := filepath.Join(d.ConfDir, "10-other.conflist")
+	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	id := d.runPod(t, podConfig("spare-other-net"))
+	st, _ := d.status(t, id)
+	if st.Network.Ip == sp.ip || !strings.HasPrefix(st.Network.Ip, prefix+"2") || len(st.Network.Ip) != len(prefix)+3 {
+		t.Fatalf("pod on the configured network got %s (spare %s), want one of %s200-250", st.Network.Ip, sp.ip, prefix)
+	}
+	waitNoFile(t, filepath.Join(d.State, "spares", sp.id), 10*time.Second)
+	if v := d.bridgeVeths(t); slices.Contains(v, sp.veth) {
+		t.Errorf("veth %s of the dropped spare still on the bridge: %v", sp.veth, v)
+	}
+	if a := d.allocated(); slices.Contains(a, sp.ip) {
+		t.Errorf("address %s of the dropped spare still allocated: %v", sp.ip, a)
+	}
+	time.Sleep(300 * time.Millisecond) // a new spare would be on its way
+	if s := d.spareRecords(t); len(s) > 0 {
+		t.Errorf("spares made for a configured network: %+v", s)
+	}
+	d.stopRemove(t, id)
+	// Back on the embedded network, spares come back.
+	if err := os.Remove(confFile); err != nil {
+		t.Fatal(err)
+	}
+	id2 := d.runPod(t, podConfig("spare-embedded-again"))
+	d.waitSpare(t, sp.id)
+	d.stopRemove(t, id2)
+	d.stop()
+	d.assertStoppedClean(t)
+	if left, _ := filepath.Glob(filepath.Join(d.Root, "cni", "networks", "other-"+d.Bridge, "*.*.*.*")); len(left) > 0 {
+		t.Errorf("addresses left on the configured network: %v", left)
+	}
 }
