@@ -296,7 +296,7 @@ func TestPodWithHostPortsAttachesItsOwn(t *testing.T) {
 func TestNoSpareWhenTurnedOff(t *testing.T) {
 	d := startDaemon(t, withArgs("--network-spare=false"))
 	id := d.runPod(t, podConfig("no-spare"))
-	time.Sleep(300 * time.Millisecond) // a spare would be on its way
+	time.Sleep(800 * time.Millisecond) // a spare would be on its way (spareQuiet)
 	if left, _ := os.ReadDir(filepath.Join(d.State, "spares")); len(left) > 0 {
 		t.Errorf("spares with --network-spare=false: %v", left)
 	}
@@ -332,7 +332,7 @@ func TestSpareOfAnEarlierNetworkIsDeleted(t *testing.T) {
 	if a := d.allocated(); slices.Contains(a, sp.ip) {
 		t.Errorf("address %s of the dropped spare still allocated: %v", sp.ip, a)
 	}
-	time.Sleep(300 * time.Millisecond) // a new spare would be on its way
+	time.Sleep(800 * time.Millisecond) // a new spare would be on its way (spareQuiet)
 	if s := d.spareRecords(t); len(s) > 0 {
 		t.Errorf("spares made for a configured network: %+v", s)
 	}

@@ -196,6 +196,9 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg Con
 	if sb.State != StateReady {
 		return "", fmt.Errorf("%w: %s is %s; create containers only in a ready sandbox", ErrNotReady, sb.ID, sb.PublicState())
 	}
+	// The pods have stopped coming one right after another: the spare
+	// network attachment is made beside this container (spare.go).
+	m.refillSpare()
 	t := m.ctable()
 	t.mu.Lock()
 	for _, ce := range t.byID {

@@ -53,8 +53,7 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (string, error) {
 	defer e.op.Unlock()
 
 	err := m.create(context.WithoutCancel(ctx), e, rec)
-	// The next pod's spare is made now that this one is done with the CPU.
-	m.refillSpare()
+	m.refillSpareSoon()
 	if err != nil {
 		m.log.Warn("run pod sandbox failed; rolled back", "sandbox", id, "pod", spec.Namespace+"/"+spec.Name, "err", err)
 		e.err = err

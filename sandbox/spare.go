@@ -26,9 +26,15 @@ import (
 // time, and a pod without host ports takes it over instead of making its
 // own: its netns pin is bound at the pod's place and the attachment is
 // recorded as the pod's, under the container ID it was made with
-// (Attachment.CNIID), by which the pod's CNI DEL later removes it. The
-// next spare is made in the background once the RunPodSandbox that took
-// the last one has returned.
+// (Attachment.CNIID), by which the pod's CNI DEL later removes it.
+//
+// The next spare is made in the background, when the pods stop coming
+// one right after another: with the pod's first CreateContainer (the
+// spare's plugins then run beside runc's init, which leaves a CPU
+// idle), or once no RunPodSandbox came for spareQuiet. Made right after
+// each RunPodSandbox, it would run beside the next one in a burst of
+// pods, which then finds no spare ready and attaches its own while the
+// spare's plugins compete with it.
 //
 // Its files live under <state>/spares/<id>: the record (spare.json,
 // written before the namespace is made and again with the ADD's result)
@@ -49,6 +55,9 @@ const (
 	spareMaxBackoff = time.Minute
 	// spareNice is the nice value the plugins that make a spare run with.
 	spareNice = 10
+	// spareQuiet is how long after the last RunPodSandbox a spare is made
+	// when no container comes.
+	spareQuiet = 300 * time.Millisecond
 )
 
 // spareRecord is the file of a spare.
@@ -72,11 +81,32 @@ type spares struct {
 	making   bool
 	closed   bool
 	failures int
-	notUntil time.Time // no new attempt before this, after a failure
+	notUntil time.Time   // no new attempt before this, after a failure
+	quiet    *time.Timer // refillSpareSoon's
 	wg       sync.WaitGroup
 }
 
 func (m *Manager) sparesRoot() string { return filepath.Join(m.cfg.StateDir, sparesDir) }
+
+// refillSpareSoon makes a spare once no RunPodSandbox came for
+// spareQuiet (each call starts the wait again), unless a CreateContainer
+// does it first.
+func (m *Manager) refillSpareSoon() {
+	if !m.cfg.NetworkSpare || m.cfg.Network == nil {
+		return
+	}
+	s := &m.spares
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	if s.quiet == nil {
+		s.quiet = time.AfterFunc(spareQuiet, m.refillSpare)
+		return
+	}
+	s.quiet.Reset(spareQuiet)
+}
 
 // refillSpare starts making a spare in the background unless one is ready
 // or on its way, spares are off, or the manager is closing.
@@ -272,6 +302,9 @@ func (m *Manager) closeSpares() {
 	s.closed = true
 	sp := s.ready
 	s.ready = nil
+	if s.quiet != nil {
+		s.quiet.Stop()
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
 	if sp != nil {
