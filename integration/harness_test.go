@@ -123,9 +123,7 @@ func startDaemon(t testing.TB, opts ...daemonOpt) *daemon {
 		d.stop()
 		// A daemon that stops deletes its spare network attachment.
 		if running {
-			if left, _ := os.ReadDir(filepath.Join(d.State, "spares")); len(left) > 0 {
-				t.Errorf("spare network attachment left after shutdown: %v", left)
-			}
+			d.assertNoSpareDirs(t)
 		}
 		// Whatever a failed test left mounted (a killed daemon's pins)
 		// must not outlive it on the host.

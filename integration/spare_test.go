@@ -144,13 +144,20 @@ func (d *daemon) assertOnlySpareLeft(t testing.TB, sp spareInfo) {
 	}
 }
 
+// assertNoSpareDirs checks that a daemon that stopped left no spare's
+// record or pin behind.
+func (d *daemon) assertNoSpareDirs(t testing.TB) {
+	t.Helper()
+	if left, _ := os.ReadDir(filepath.Join(d.State, "spares")); len(left) > 0 {
+		t.Errorf("spare network attachment left after the daemon stopped: %v", left)
+	}
+}
+
 // assertStoppedClean checks what a daemon that stopped with no pods must
 // have taken along: its spare's veth, address, pin and record.
 func (d *daemon) assertStoppedClean(t testing.TB) {
 	t.Helper()
-	if left, _ := os.ReadDir(filepath.Join(d.State, "spares")); len(left) > 0 {
-		t.Errorf("spare dirs left after the daemon stopped: %v", left)
-	}
+	d.assertNoSpareDirs(t)
 	if v := d.bridgeVeths(t); len(v) > 0 {
 		t.Errorf("veths left on %s after the daemon stopped: %v", d.Bridge, v)
 	}

@@ -246,17 +246,14 @@ type Attachment struct {
 	CNIID string `json:"cniId,omitempty"`
 }
 
-// cniID is the container ID of the attachment for the plugins.
-func (att *Attachment) cniID(sandboxID string) string {
+// ContainerID is the container ID the plugins know the attachment of
+// sandbox sandboxID by (ADD, DEL, CNI GC's valid attachments).
+func (att *Attachment) ContainerID(sandboxID string) string {
 	if att.CNIID != "" {
 		return att.CNIID
 	}
 	return sandboxID
 }
-
-// ContainerID is the container ID the plugins know the attachment by
-// (CNI GC's valid attachments).
-func (att *Attachment) ContainerID(sandboxID string) string { return att.cniID(sandboxID) }
 
 // SpareFits says whether a spare attachment made for no pod in particular
 // can serve as att: the same embedded network configuration and interface,
@@ -352,7 +349,7 @@ func loopbackList() *libcni.NetworkConfigList {
 // Attach runs CNI ADD for the loopback and the pod network and fills in the
 // result and IPs. On error the partial attachment is deleted again.
 func (n *Network) Attach(ctx context.Context, att *Attachment, id, netnsPath string) (err error) {
-	id = att.cniID(id)
+	id = att.ContainerID(id)
 	list, err := libcni.ConfListFromBytes(att.ConfList)
 	if err != nil {
 		return fmt.Errorf("CNI config of %s: %w", att.Network, err)
@@ -397,7 +394,7 @@ func (n *Network) Attach(ctx context.Context, att *Attachment, id, netnsPath str
 // namespace is already gone; the plugins then clean up the host side from
 // the cached result. It is safe to call more than once.
 func (n *Network) Detach(ctx context.Context, att *Attachment, id, netnsPath string) error {
-	id = att.cniID(id)
+	id = att.ContainerID(id)
 	list, err := libcni.ConfListFromBytes(att.ConfList)
 	if err != nil {
 		return fmt.Errorf("CNI config of %s: %w", att.Network, err)

@@ -107,13 +107,11 @@ func (m *Manager) create(ctx context.Context, e *entry, rec *Sandbox) (err error
 	// pause that will hold it: the CNI ADD (the longest step, the plugins'
 	// execs) then runs while the pause starts. The attachment is recorded
 	// before the ADD, so a daemon that dies during the ADD still runs the
-	// DEL.
+	// DEL. A pod that the spare attachment fits takes it over instead,
+	// with its namespace (spare.go); the ADD is done then.
 	if err := os.MkdirAll(rec.Dir, 0o711); err != nil {
 		return fmt.Errorf("sandbox dir: %w", err)
 	}
-	//
-	// A pod that the spare attachment fits takes it over instead, with
-	// its namespace (spare.go); the ADD is done then.
 	netPath := ""
 	var spare *spareNet
 	if rec.Spec.NetworkMode != ModeNode {

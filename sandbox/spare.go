@@ -168,7 +168,7 @@ func (m *Manager) makeSpare(ctx context.Context) (sp *spareNet, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if !att.SpareFits(att) {
+	if !att.Embedded {
 		return nil, nil
 	}
 	att.CNIID = id
@@ -197,7 +197,7 @@ func (m *Manager) makeSpare(ctx context.Context) (sp *spareNet, err error) {
 		return nil, err
 	}
 	if err := writeSpareRecord(dir, &spareRecord{ID: id, Network: att, Attached: true}); err != nil {
-		m.detachSpare(id, att, netPath)
+		m.detachSpare(context.Background(), id, att, netPath)
 		return nil, err
 	}
 	return &spareNet{id: id, dir: dir, netPath: netPath, att: att}, nil
@@ -231,11 +231,10 @@ func (m *Manager) takeSpare(rec *Sandbox) *spareNet {
 		return nil
 	}
 	if !rec.Network.SpareFits(sp.att) {
-		// Kept for the next pod, unless the network changed under it.
-		stale := true
-		if cur, err := m.cfg.Network.Prepare(netns.AttachRequest{}); err == nil && cur.SpareFits(sp.att) {
-			stale = false
-		}
+		// Kept for the next pod (one with host ports), unless the network
+		// is no longer the embedded one: the embedded configuration comes
+		// from the daemon's flags and cannot change under a spare.
+		stale := !rec.Network.Embedded
 		if stale {
 			s.ready = nil
 		}
@@ -267,12 +266,13 @@ func (m *Manager) releaseSpare(sp *spareNet) {
 
 // dropSpare deletes a spare nobody took: CNI DEL, then its files.
 func (m *Manager) dropSpare(sp *spareNet) {
-	m.detachSpare(sp.id, sp.att, sp.netPath)
+	m.detachSpare(context.Background(), sp.id, sp.att, sp.netPath)
 	removeSpareFiles(sp.dir)
 }
 
-func (m *Manager) detachSpare(id string, att *netns.Attachment, netPath string) {
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.NetworkTimeout)
+// detachSpare runs a spare's CNI DEL; a failure is only logged.
+func (m *Manager) detachSpare(ctx context.Context, id string, att *netns.Attachment, netPath string) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.NetworkTimeout)
 	defer cancel()
 	if err := m.cfg.Network.Detach(ctx, att, id, netPath); err != nil {
 		// Its veth goes with its namespace; CNI GC at the next start
@@ -337,11 +337,7 @@ func (m *Manager) recoverSpares(ctx context.Context, owned func(cniID string) bo
 				netPath = ""
 			}
 			m.log.Info("deleting the spare network attachment of an earlier run", "spare", r.ID)
-			dctx, cancel := context.WithTimeout(ctx, m.cfg.NetworkTimeout)
-			if err := m.cfg.Network.Detach(dctx, r.Network, r.ID, netPath); err != nil {
-				m.log.Warn("CNI DEL of an earlier spare network attachment", "spare", r.ID, "err", err)
-			}
-			cancel()
+			m.detachSpare(ctx, r.ID, r.Network, netPath)
 		}
 		removeSpareFiles(dir)
 	}
